@@ -1,0 +1,280 @@
+"""The one request path every call takes — DAGs, CLI and tests alike::
+
+    access → guard → render → route → budget (reserve) → call → checks → ledger (settle) → log
+
+:meth:`Gateway.process` returns a :class:`~llmops.types.Result` with a terminal status. A request whose
+key already has a final ledger row is *replayed* from the ledger and never called (or billed) again.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from llmops.access import check_request
+from llmops.budget import Budget
+from llmops.checks import check_output
+from llmops.errors import ProviderError, RenderError
+from llmops.guard import guard_variables, restore
+from llmops.ledger import Ledger, LlmCall, is_final
+from llmops.observe import excerpt, log_call
+from llmops.policy import Policy, load_policy
+from llmops.pricing import cost_nano
+from llmops.prompts import PromptLibrary
+from llmops.provider import Completion, LiteLLMProvider
+from llmops.router import Router
+from llmops.settings import Settings
+from llmops.tokens import count_messages
+from llmops.types import Request, Result, Status, call_id_for
+
+log = logging.getLogger("llmops.gateway")
+
+
+class Provider:  # structural type of the call stage (LiteLLMProvider, or a test double transport)
+    def complete(self, entry: Any, messages: list[dict[str, str]], params: dict[str, Any], timeout: float) -> Completion:
+        raise NotImplementedError
+
+
+@dataclass
+class _Ctx:
+    req: Request
+    key: str
+    base: dict[str, Any]
+
+
+class Gateway:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        policy: Policy | None = None,
+        library: PromptLibrary | None = None,
+        ledger: Ledger | None = None,
+        provider: Provider | LiteLLMProvider | None = None,
+        router: Router | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.settings = settings
+        self.policy = policy or load_policy(settings.policy_path)
+        self.library = library or PromptLibrary(settings.prompts_path, settings.max_rendered_chars)
+        self.ledger = ledger or Ledger(settings.ledger_database_url)
+        self.provider = provider or LiteLLMProvider(
+            settings.simulator_url, settings.simulator_api_key.get_secret_value()
+        )
+        self.router = router or Router(self.policy)
+        self.budget = Budget(self.ledger, self.policy, settings.timezone)
+        self._sleep = sleep
+
+    # -- the path -------------------------------------------------------------------------------
+    def process(self, req: Request, *, run_cost_cap_nano: int | None = None) -> Result:
+        pv = self.library.resolve(req.prompt)
+        key = req.request_key(pv.ref)
+        existing = self.ledger.get(key)
+        if existing is not None and is_final(existing):
+            return _from_row(existing, replayed=True)
+        base = {
+            "run_id": req.run_id,
+            "record_key": req.record_key,
+            "purpose": req.purpose,
+            "user": req.user,
+            "department": req.department,
+            "prompt_name": pv.name,
+            "prompt_version": str(pv.version),
+            "budget_month": self.budget.month(),
+        }
+        ctx = _Ctx(req, key, base)
+
+        decision = check_request(self.policy, req.user, req.department, pv.name, req.data_class)
+        if not decision:
+            return self._final(ctx, Status.DENIED, [decision.rule])
+        try:
+            values = self.library.check_variables(pv, req.variables)
+        except RenderError as exc:
+            return self._final(ctx, Status.FAILED, [f"render: {exc}"])
+        verdict = guard_variables(values, self.policy.guard)
+        if verdict.action == "block":
+            return self._final(ctx, Status.BLOCKED, [verdict.rule or "guard.block"], findings=verdict.findings)
+        try:
+            rendered = self.library.render(pv, verdict.variables)
+        except RenderError as exc:
+            return self._final(ctx, Status.FAILED, [f"render: {exc}"], findings=verdict.findings)
+        prompt_excerpt = excerpt(rendered.messages[-1]["content"])
+        params = dict(pv.meta.parameters)
+        max_tokens = int(params.get("max_tokens", 512))
+        prompt_tokens = count_messages(rendered.messages)
+        route = self.router.route(
+            meta=pv.meta,
+            user=req.user,
+            department=req.department,
+            data_class=req.data_class,
+            prompt_tokens=prompt_tokens,
+            max_tokens=max_tokens,
+            priority=req.priority,
+            pinned=req.model,
+        )
+        reasons = [route.reason]
+        if verdict.action == "redact":
+            reasons.append("guard.redacted: " + ", ".join(f"{k}×{v}" for k, v in sorted(verdict.findings.items())))
+        if route.model is None:
+            status = Status.DENIED if route.denied else Status.FAILED
+            return self._final(ctx, status, reasons, findings=verdict.findings, prompt_excerpt=prompt_excerpt)
+
+        errors: list[str] = []
+        attempts = existing.attempts if existing is not None else 0
+        for model in (route.model, *route.fallbacks):
+            entry = self.policy.models[model]
+            inp, out = entry.price()
+            estimate = cost_nano(inp, out, prompt_tokens, max_tokens)
+            call_id = call_id_for(key, model)
+            with self.ledger.transaction() as s:
+                res = self.budget.reserve(
+                    s, department=req.department, month=base["budget_month"], request_key=key, estimate_nano=estimate
+                )
+                if res.ok and run_cost_cap_nano is not None:
+                    res = self._check_run_cap(s, req.run_id, key, estimate, run_cost_cap_nano)
+                attempts += 1
+                fields = dict(
+                    base,
+                    call_id=call_id,
+                    model=model,
+                    provider=entry.provider,
+                    prompt_excerpt=prompt_excerpt,
+                    findings=json.dumps(verdict.findings, sort_keys=True),
+                    attempts=attempts,
+                    prompt_tokens=0,
+                    completion_tokens=0,
+                    cost_nanousd=0,
+                    output=None,
+                )
+                if not res.ok:
+                    self.ledger.upsert_call(
+                        s, key, **fields, status=Status.BUDGET_EXCEEDED, reserved_nanousd=0,
+                        reasons="; ".join([*reasons, res.reason]),
+                    )
+                    result = Result(
+                        Status.BUDGET_EXCEEDED, req.record_key, key, call_id, pv.ref, model,
+                        reasons=[*reasons, res.reason], findings=verdict.findings,
+                    )
+                    log_call(result, user=req.user, department=req.department, prompt=pv.name,
+                             prompt_excerpt=prompt_excerpt)
+                    return result
+                self.ledger.upsert_call(
+                    s, key, **fields, status=Status.PENDING, reserved_nanousd=estimate, reasons="; ".join(reasons)
+                )
+            try:
+                completion = self._call_with_retries(entry, rendered.messages, params)
+            except ProviderError as exc:
+                errors.append(str(exc))
+                with self.ledger.transaction() as s:
+                    self.ledger.upsert_call(s, key, reserved_nanousd=0, status=Status.FAILED,
+                                            reasons="; ".join([*reasons, *errors]))
+                if not exc.retryable:
+                    break
+                continue
+            return self._settle(ctx, pv.meta.output, model, call_id, completion, reasons, verdict.placeholders,
+                                verdict.findings, prompt_excerpt, inp, out)
+        return self._final(ctx, Status.FAILED, [*reasons, *[f"call: {e}" for e in errors]],
+                           findings=verdict.findings, prompt_excerpt=prompt_excerpt)
+
+    # -- stages ---------------------------------------------------------------------------------
+    def _check_run_cap(self, s: Any, run_id: str, key: str, estimate: int, cap: int) -> Any:
+        from sqlalchemy import func, select
+
+        from llmops.budget import Reservation
+
+        used = s.execute(
+            select(func.coalesce(func.sum(LlmCall.cost_nanousd + LlmCall.reserved_nanousd), 0)).where(
+                LlmCall.run_id == run_id, LlmCall.request_key != key
+            )
+        ).scalar_one()
+        if int(used) + estimate > cap:
+            return Reservation(False, f"budget.run_cap: the run's cost cap of ${cap / 1e9:.4f} would be passed", cap,
+                               int(used))
+        return Reservation(True, "budget.reserved", cap, int(used))
+
+    def _call_with_retries(self, entry: Any, messages: list[dict[str, str]], params: dict[str, Any]) -> Completion:
+        retries = self.settings.max_retries
+        for attempt in range(retries + 1):
+            try:
+                return self.provider.complete(entry, messages, params, self.settings.request_timeout_s)
+            except ProviderError as exc:
+                if not exc.retryable or attempt == retries:
+                    raise
+                backoff = min(30.0, 0.25 * (2**attempt)) * random.uniform(0.5, 1.5)  # noqa: S311
+                delay = max(backoff, exc.retry_after or 0.0)  # never earlier than Retry-After
+                log.info("retrying %s in %.2fs after %s", entry.litellm_model, delay, exc.problem)
+                self._sleep(delay)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _settle(
+        self, ctx: _Ctx, output_spec: Any, model: str, call_id: str, completion: Completion, reasons: list[str],
+        placeholders: dict[str, str], findings: dict[str, int], prompt_excerpt: str, inp: Any, out: Any,
+    ) -> Result:
+        cost = cost_nano(inp, out, completion.prompt_tokens, completion.completion_tokens)
+        report = check_output(completion.text, output_spec)
+        status = Status.FAILED if report.hard_failure else Status.OK
+        text = restore(completion.text, placeholders) if self.policy.guard.restore_placeholders else completion.text
+        all_reasons = [*reasons, *report.failed]
+        dept, month = ctx.req.department, ctx.base["budget_month"]
+        before, _ = self.ledger.month_usage(dept, month)
+        with self.ledger.transaction() as s:
+            self.ledger.upsert_call(
+                s, ctx.key, status=status, cost_nanousd=cost, reserved_nanousd=0,
+                prompt_tokens=completion.prompt_tokens, completion_tokens=completion.completion_tokens,
+                latency_ms=completion.latency_ms, output=text, quality_score=report.score,
+                reasons="; ".join(all_reasons),
+            )
+        self.budget.note_settled(dept, month, before, before + cost)
+        result = Result(
+            status, ctx.req.record_key, ctx.key, call_id, f"{ctx.base['prompt_name']}@{ctx.base['prompt_version']}",
+            model, text, completion.prompt_tokens, completion.completion_tokens, completion.latency_ms, cost,
+            report.score, all_reasons, findings,
+        )
+        log_call(result, user=ctx.req.user, department=dept, prompt=ctx.base["prompt_name"],
+                 prompt_excerpt=prompt_excerpt)
+        return result
+
+    def _final(
+        self, ctx: _Ctx, status: Status, reasons: list[str], *, findings: dict[str, int] | None = None,
+        prompt_excerpt: str = "",
+    ) -> Result:
+        call_id = call_id_for(ctx.key, "-")
+        with self.ledger.transaction() as s:
+            row = self.ledger.upsert_call(
+                s, ctx.key, **ctx.base, call_id=call_id, model=None, provider=None, status=status,
+                reasons="; ".join(reasons), findings=json.dumps(findings or {}, sort_keys=True),
+                prompt_excerpt=prompt_excerpt, reserved_nanousd=0, cost_nanousd=0, prompt_tokens=0,
+                completion_tokens=0, latency_ms=0, output=None, attempts=0,
+            )
+        result = _from_row(row, replayed=False)
+        log_call(result, user=ctx.req.user, department=ctx.req.department, prompt=ctx.base["prompt_name"],
+                 prompt_excerpt=prompt_excerpt)
+        return result
+
+    def close(self) -> None:
+        self.ledger.dispose()
+
+
+def _from_row(row: LlmCall, *, replayed: bool) -> Result:
+    return Result(
+        status=Status(row.status),
+        record_key=row.record_key,
+        request_key=row.request_key,
+        call_id=row.call_id,
+        prompt_version=f"{row.prompt_name}@{row.prompt_version}",
+        model=row.model,
+        output=row.output,
+        prompt_tokens=row.prompt_tokens,
+        completion_tokens=row.completion_tokens,
+        latency_ms=row.latency_ms,
+        cost_nanousd=row.cost_nanousd,
+        quality_score=row.quality_score,
+        reasons=[r for r in (row.reasons or "").split("; ") if r],
+        findings=json.loads(row.findings or "{}"),
+        replayed=replayed,
+    )

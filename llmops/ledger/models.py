@@ -1,0 +1,85 @@
+"""SQLAlchemy 2 models of the ledger. Money is integer nano-USD (exact sums on every database)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from sqlalchemy import BigInteger, DateTime, Float, Index, Integer, String, Text, UniqueConstraint
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+_BigId = BigInteger().with_variant(Integer(), "sqlite")
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class LlmCall(Base):
+    """One row per request key (run, record, purpose, prompt version); ``call_id`` adds the model."""
+
+    __tablename__ = "llm_calls"
+
+    id: Mapped[int] = mapped_column(_BigId, primary_key=True, autoincrement=True)
+    call_id: Mapped[str] = mapped_column(String(32), unique=True)
+    request_key: Mapped[str] = mapped_column(String(32), unique=True)
+    run_id: Mapped[str] = mapped_column(String(250), index=True)
+    record_key: Mapped[str] = mapped_column(String(250))
+    purpose: Mapped[str] = mapped_column(String(32))
+    user: Mapped[str] = mapped_column(String(250))
+    department: Mapped[str] = mapped_column(String(100))
+    prompt_name: Mapped[str] = mapped_column(String(100))
+    prompt_version: Mapped[str] = mapped_column(String(50))
+    model: Mapped[str | None] = mapped_column(String(100))
+    provider: Mapped[str | None] = mapped_column(String(50))
+    status: Mapped[str] = mapped_column(String(20), index=True)
+    reasons: Mapped[str] = mapped_column(Text, default="")
+    findings: Mapped[str] = mapped_column(Text, default="{}")
+    prompt_tokens: Mapped[int] = mapped_column(Integer, default=0)
+    completion_tokens: Mapped[int] = mapped_column(Integer, default=0)
+    latency_ms: Mapped[int] = mapped_column(Integer, default=0)
+    reserved_nanousd: Mapped[int] = mapped_column(BigInteger, default=0)
+    cost_nanousd: Mapped[int] = mapped_column(BigInteger, default=0)
+    quality_score: Mapped[float | None] = mapped_column(Float)
+    prompt_excerpt: Mapped[str] = mapped_column(String(100), default="")
+    output: Mapped[str | None] = mapped_column(Text)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    budget_month: Mapped[str] = mapped_column(String(7))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, onupdate=utcnow)
+
+    __table_args__ = (Index("ix_llm_calls_department_month", "department", "budget_month"),)
+
+
+class DeadLetter(Base):
+    __tablename__ = "dead_letters"
+
+    id: Mapped[int] = mapped_column(_BigId, primary_key=True, autoincrement=True)
+    run_id: Mapped[str] = mapped_column(String(250), index=True)
+    record_key: Mapped[str] = mapped_column(String(250))
+    request_key: Mapped[str] = mapped_column(String(32))
+    status: Mapped[str] = mapped_column(String(20))
+    reason: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+    __table_args__ = (UniqueConstraint("run_id", "record_key", name="uq_dead_letters_run_record"),)
+
+
+class BatchRun(Base):
+    __tablename__ = "batch_runs"
+
+    run_id: Mapped[str] = mapped_column(String(250), primary_key=True)
+    prompt_ref: Mapped[str] = mapped_column(String(150))
+    prompt_version: Mapped[str] = mapped_column(String(50))
+    department: Mapped[str] = mapped_column(String(100))
+    user: Mapped[str] = mapped_column(String(250))
+    input: Mapped[str] = mapped_column(Text)
+    total_rows: Mapped[int] = mapped_column(Integer)
+    counts: Mapped[str] = mapped_column(Text, default="{}")
+    status: Mapped[str] = mapped_column(String(20))
+    output_path: Mapped[str | None] = mapped_column(Text)
+    started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))

@@ -1,0 +1,176 @@
+"""Ledger storage: engine set-up, migrations, and the row operations the request path needs.
+
+SQLite (the embedded default) runs every transaction as ``BEGIN IMMEDIATE`` so a budget check and
+the reservation it guards are one serialised step; Postgres locks the department's rows with
+``SELECT … FOR UPDATE`` semantics through the same API.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Engine, create_engine, event, func, select, text
+from sqlalchemy.exc import OperationalError, SQLAlchemyError
+from sqlalchemy.orm import Session, sessionmaker
+
+from llmops.errors import LedgerError
+from llmops.ledger.models import BatchRun, DeadLetter, LlmCall
+from llmops.types import FINAL_STATUSES, Status
+
+_MIGRATIONS = Path(__file__).parent / "migrations"
+
+
+def is_final(row: LlmCall) -> bool:
+    """Final rows are never called again: ok/blocked/denied, or a failure that was already billed."""
+    return row.status in FINAL_STATUSES or (row.status == Status.FAILED and row.cost_nanousd > 0)
+
+
+def _make_engine(url: str) -> Engine:
+    if url.startswith("sqlite"):
+        path = url.split("///", 1)[-1]
+        if path and path != ":memory:":
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(url, connect_args={"timeout": 60, "check_same_thread": False})
+
+        @event.listens_for(engine, "connect")
+        def _on_connect(dbapi_conn: Any, _rec: Any) -> None:
+            dbapi_conn.isolation_level = None  # let SQLAlchemy emit BEGIN itself
+            cur = dbapi_conn.cursor()
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA busy_timeout=60000")
+            cur.execute("PRAGMA synchronous=NORMAL")
+            cur.close()
+
+        @event.listens_for(engine, "begin")
+        def _on_begin(conn: Any) -> None:
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+        return engine
+    return create_engine(url, pool_pre_ping=True)
+
+
+class Ledger:
+    def __init__(self, url: str, *, migrate: bool = True) -> None:
+        self.url = url
+        try:
+            self.engine = _make_engine(url)
+            self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+            if migrate:
+                self.migrate()
+        except SQLAlchemyError as exc:
+            raise LedgerError(
+                f"cannot open the ledger at {self.safe_url}: {type(exc).__name__}",
+                "check LLMOPS_LEDGER_URL and that the database is running",
+            ) from exc
+
+    @property
+    def safe_url(self) -> str:
+        return self.engine.url.render_as_string(hide_password=True) if hasattr(self, "engine") else "?"
+
+    def migrate(self) -> None:
+        from alembic import command
+        from alembic.config import Config
+
+        cfg = Config()
+        cfg.set_main_option("script_location", str(_MIGRATIONS))
+        cfg.set_main_option("sqlalchemy.url", self.url.replace("%", "%%"))
+        with self.engine.connect() as conn:
+            if self._at_head(conn):
+                return
+            cfg.attributes["connection"] = conn
+            command.upgrade(cfg, "head")
+            conn.commit()
+
+    def _at_head(self, conn: Any) -> bool:
+        try:
+            rev = conn.execute(text("SELECT version_num FROM llmops_alembic_version")).scalar()
+        except OperationalError:
+            conn.rollback()
+            return False
+        except SQLAlchemyError:
+            conn.rollback()
+            return False
+        conn.rollback()
+        heads = sorted(p.name.split("_", 1)[0] for p in (_MIGRATIONS / "versions").glob("[0-9]*.py"))
+        return rev == heads[-1]
+
+    def dispose(self) -> None:
+        self.engine.dispose()
+
+    @contextmanager
+    def transaction(self) -> Iterator[Session]:
+        with self._sessions() as session, session.begin():
+            yield session
+
+    # -- reads ----------------------------------------------------------------------------------
+    def get(self, request_key: str) -> LlmCall | None:
+        with self._sessions() as s:
+            return s.scalar(select(LlmCall).where(LlmCall.request_key == request_key))
+
+    def run_rows(self, run_id: str) -> list[LlmCall]:
+        with self._sessions() as s:
+            return list(s.scalars(select(LlmCall).where(LlmCall.run_id == run_id).order_by(LlmCall.id)))
+
+    def month_usage(self, department: str, month: str, session: Session | None = None) -> tuple[int, int]:
+        """(spent, reserved) nano-USD for a department's budget month."""
+        stmt = select(
+            func.coalesce(func.sum(LlmCall.cost_nanousd), 0), func.coalesce(func.sum(LlmCall.reserved_nanousd), 0)
+        ).where(LlmCall.department == department, LlmCall.budget_month == month)
+        if session is not None:
+            row = session.execute(stmt).one()
+        else:
+            with self._sessions() as s:
+                row = s.execute(stmt).one()
+        return int(row[0]), int(row[1])
+
+    def spend_by_department(self, run_id: str | None = None) -> dict[str, int]:
+        stmt = select(LlmCall.department, func.sum(LlmCall.cost_nanousd)).group_by(LlmCall.department)
+        if run_id:
+            stmt = stmt.where(LlmCall.run_id == run_id)
+        with self._sessions() as s:
+            return {d: int(c or 0) for d, c in s.execute(stmt)}
+
+    # -- writes ---------------------------------------------------------------------------------
+    def upsert_call(self, session: Session, request_key: str, **fields: Any) -> LlmCall:
+        row = session.scalar(select(LlmCall).where(LlmCall.request_key == request_key).with_for_update())
+        if row is None:
+            row = LlmCall(request_key=request_key, **fields)
+            session.add(row)
+        else:
+            for k, v in fields.items():
+                setattr(row, k, v)
+        session.flush()
+        return row
+
+    def replace_dead_letters(self, run_id: str, letters: list[dict[str, str]]) -> None:
+        with self.transaction() as s:
+            s.query(DeadLetter).filter(DeadLetter.run_id == run_id).delete()
+            s.add_all(DeadLetter(run_id=run_id, **letter) for letter in letters)
+
+    def dead_letters(self, run_id: str) -> list[DeadLetter]:
+        with self._sessions() as s:
+            return list(s.scalars(select(DeadLetter).where(DeadLetter.run_id == run_id)))
+
+    def save_batch_run(self, run_id: str, **fields: Any) -> None:
+        if "counts" in fields and not isinstance(fields["counts"], str):
+            fields["counts"] = json.dumps(fields["counts"], sort_keys=True)
+        with self.transaction() as s:
+            row = s.get(BatchRun, run_id)
+            if row is None:
+                s.add(BatchRun(run_id=run_id, **fields))
+            else:
+                for k, v in fields.items():
+                    setattr(row, k, v)
+
+    def batch_run(self, run_id: str) -> BatchRun | None:
+        with self._sessions() as s:
+            return s.get(BatchRun, run_id)
+
+
+def now_utc() -> datetime:
+    return datetime.now(UTC)

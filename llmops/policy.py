@@ -1,0 +1,248 @@
+"""The platform policy file ``llmops.yaml``: departments, people, roles, the model catalog, routing and
+guard policy. Validation is strict: an unknown key, a bad value or a dangling reference is one
+:class:`~llmops.errors.ConfigError` line that names the file, the key and the fix.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from decimal import Decimal
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from llmops.errors import ConfigError
+from llmops.pricing import litellm_price
+
+DataClass = Literal["public", "internal", "confidential", "restricted"]
+DATA_CLASS_RANK: dict[str, int] = {"public": 0, "internal": 1, "confidential": 2, "restricted": 3}
+Priority = Literal["cost", "quality", "speed", "balanced"]
+PiiAction = Literal["redact", "block", "allow"]
+Provider = Literal[
+    "simulator", "openai", "anthropic", "azure", "gemini", "bedrock", "ollama", "vllm", "openai_compatible"
+]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Department(_Strict):
+    monthly_budget_usd: Decimal = Field(gt=0)
+    head: str | None = None
+    recipients: list[str] = Field(default_factory=list)
+    allowed_models: list[str] = Field(default_factory=lambda: ["*"])
+    alert_thresholds: list[float] = Field(default_factory=lambda: [0.8])
+
+    def allows_model(self, model: str) -> bool:
+        return any(fnmatch.fnmatchcase(model, pat) for pat in self.allowed_models)
+
+
+class Person(_Strict):
+    department: str
+    roles: list[str] = Field(min_length=1)
+    email: str | None = None
+
+
+class Role(_Strict):
+    prompts: list[str] = Field(default_factory=list, description="glob patterns of prompt names")
+    models: list[str] = Field(default_factory=list, description="glob patterns of catalog model names")
+    data_classes: list[DataClass] = Field(default_factory=lambda: ["public", "internal"])
+
+
+class ModelEntry(_Strict):
+    litellm_model: str
+    provider: Provider
+    api_base: str | None = None
+    api_key_env: str | None = Field(None, description="environment variable holding the API key")
+    airflow_conn_id: str | None = Field(None, description="Airflow connection holding the API key")
+    context_window: int = Field(gt=0)
+    max_output_tokens: int = Field(4096, gt=0)
+    rpm: int | None = Field(None, gt=0)
+    tpm: int | None = Field(None, gt=0)
+    clearance: DataClass = "internal"
+    tier: Literal["small", "medium", "large"] = "medium"
+    input_usd_per_mtok: Decimal | None = Field(None, ge=0)
+    output_usd_per_mtok: Decimal | None = Field(None, ge=0)
+    quality: float = Field(0.7, ge=0, le=1, description="catalog default until evaluations exist")
+    latency_ms: int = Field(1000, gt=0, description="catalog default p95 until the ledger has data")
+
+    def price(self) -> tuple[Decimal, Decimal]:
+        """(input, output) USD per million tokens. Policy loading guarantees one exists."""
+        if self.input_usd_per_mtok is not None and self.output_usd_per_mtok is not None:
+            return self.input_usd_per_mtok, self.output_usd_per_mtok
+        found = litellm_price(self.litellm_model)
+        if found is None:  # pragma: no cover - rejected at load time
+            raise ConfigError(f"model {self.litellm_model} has no price")
+        return found
+
+
+class Routing(_Strict):
+    default_priority: Priority = "balanced"
+    default_models: list[str] = Field(min_length=1)
+    fallback_depth: int = Field(2, ge=0, le=5)
+    balanced_weights: dict[Literal["quality", "cost", "speed"], float] = Field(
+        default_factory=lambda: {"quality": 0.5, "cost": 0.3, "speed": 0.2}
+    )
+
+
+class GuardPolicy(_Strict):
+    pii: dict[str, PiiAction] = Field(default_factory=dict)
+    default_pii_action: PiiAction = "redact"
+    injection: Literal["block", "allow"] = "block"
+    restore_placeholders: bool = False
+
+    def action_for(self, pii_type: str) -> PiiAction:
+        return self.pii.get(pii_type, self.default_pii_action)
+
+
+class Policy(_Strict):
+    version: Literal[1] = 1
+    usd_jpy: Decimal = Field(Decimal(150), gt=0)
+    admins: list[str] = Field(default_factory=list)
+    finance: list[str] = Field(default_factory=list)
+    departments: dict[str, Department] = Field(min_length=1)
+    people: dict[str, Person] = Field(min_length=1)
+    roles: dict[str, Role] = Field(min_length=1)
+    models: dict[str, ModelEntry] = Field(min_length=1)
+    routing: Routing
+    guard: GuardPolicy = Field(default_factory=GuardPolicy)
+
+    @model_validator(mode="after")
+    def _references(self) -> Policy:
+        for name, person in self.people.items():
+            if person.department not in self.departments:
+                raise _RefError(
+                    f"people.{name}.department",
+                    f"unknown department {person.department!r}",
+                    f"use one of: {', '.join(sorted(self.departments))}",
+                )
+            for role in person.roles:
+                if role not in self.roles:
+                    raise _RefError(
+                        f"people.{name}.roles",
+                        f"unknown role {role!r}",
+                        f"define it under roles: or use one of: {', '.join(sorted(self.roles))}",
+                    )
+        for name in self.routing.default_models:
+            if name not in self.models:
+                raise _RefError(
+                    "routing.default_models", f"unknown model {name!r}", "list models defined under models:"
+                )
+        for name, entry in self.models.items():
+            if (entry.input_usd_per_mtok is None) != (entry.output_usd_per_mtok is None):
+                raise _RefError(
+                    f"models.{name}",
+                    "only one of input_usd_per_mtok / output_usd_per_mtok is set",
+                    "set both prices or neither",
+                )
+            if entry.input_usd_per_mtok is None and litellm_price(entry.litellm_model) is None:
+                raise _RefError(
+                    f"models.{name}",
+                    f"no price: litellm's cost map does not know {entry.litellm_model!r}",
+                    "add input_usd_per_mtok and output_usd_per_mtok (never a silent $0)",
+                )
+        return self
+
+    # -- lookups --------------------------------------------------------------------------------
+    def model(self, name: str) -> ModelEntry:
+        try:
+            return self.models[name]
+        except KeyError:
+            raise ConfigError(
+                f"unknown model {name!r}", f"use one of: {', '.join(sorted(self.models))}"
+            ) from None
+
+
+class _RefError(ValueError):
+    def __init__(self, key: str, problem: str, fix: str) -> None:
+        super().__init__(problem)
+        self.key, self.problem, self.fix = key, problem, fix
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    pass
+
+
+def _construct_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+    seen: set[Any] = set()
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)  # type: ignore[no-untyped-call]
+        if key in seen:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"duplicate key {key!r}", key_node.start_mark
+            )
+        seen.add(key)
+    return loader.construct_mapping(node, deep=deep)
+
+
+_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+
+
+def load_yaml(path: Path) -> Any:
+    """Safe YAML with duplicate keys rejected; errors name the file and line."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: file not found", "create it or point the setting at the right file") from None
+    try:
+        return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - SafeLoader subclass
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError(f"{path}:{where}: invalid YAML: {problem}", "fix the YAML syntax") from None
+
+
+def describe_validation_error(source: str, exc: ValidationError, model: type[BaseModel]) -> ConfigError:
+    """Turn pydantic's first error into one line: file, dotted key, problem, fix."""
+    errors = exc.errors()
+    err = errors[0]
+    ctx_err = (err.get("ctx") or {}).get("error")
+    if isinstance(ctx_err, _RefError):
+        key, problem, fix = ctx_err.key, ctx_err.problem, ctx_err.fix
+    else:
+        loc = [str(p) for p in err["loc"]]
+        key = ".".join(loc) or "(top level)"
+        kind = err["type"]
+        value = err.get("input")
+        if kind == "extra_forbidden":
+            allowed = _allowed_keys(model, loc[:-1])
+            problem = f"unknown key {loc[-1]!r}"
+            fix = "remove it or correct the spelling" + (f" (allowed: {', '.join(allowed)})" if allowed else "")
+        elif kind == "missing":
+            problem, fix = "required key is missing", f"add {loc[-1]!r}"
+        else:
+            shown = repr(value) if not isinstance(value, dict | list) else type(value).__name__
+            problem = f"{err['msg']} (got {shown})"
+            fix = "correct the value"
+    more = f" (+{len(errors) - 1} more)" if len(errors) > 1 else ""
+    return ConfigError(f"{source}: {key}: {problem}{more}", fix)
+
+
+def _allowed_keys(model: type[BaseModel], loc: list[str]) -> list[str]:
+    current: Any = model
+    for part in loc:
+        if isinstance(current, type) and issubclass(current, BaseModel):
+            field = current.model_fields.get(part)
+            if field is None:
+                return []
+            current = field.annotation
+        else:
+            args = getattr(current, "__args__", ())
+            current = args[-1] if args else None
+    if isinstance(current, type) and issubclass(current, BaseModel):
+        return sorted(current.model_fields)
+    return []
+
+
+def load_policy(path: Path) -> Policy:
+    raw = load_yaml(path)
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: top level must be a mapping", "see the llmops.yaml shipped with the project")
+    try:
+        return Policy.model_validate(raw)
+    except ValidationError as exc:
+        raise describe_validation_error(str(path), exc, Policy) from None
