@@ -1,0 +1,114 @@
+"""The one module that knows Airflow: DAG params → BatchSpec, errors → retry policy, settings for workers.
+
+Input and policy errors (bad prompt, bad CSV, unknown department …) fail the task without retries;
+anything else (a worker killed, a provider outage) is left to Airflow's retries, which are safe
+because chunks are idempotent through the ledger.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any, TypeVar
+
+from llmops.errors import LlmopsError, ProviderError
+from llmops.settings import Settings, load_settings
+
+log = logging.getLogger("llmops.airflow")
+T = TypeVar("T")
+
+
+def settings_for(dag_file: str | None = None) -> Settings:
+    """Settings for a task: LLMOPS_HOME if set, else the project the DAG file lives in."""
+    import os
+
+    if "LLMOPS_HOME" not in os.environ and dag_file:
+        return load_settings(home=Path(dag_file).resolve().parents[1])
+    return load_settings()
+
+
+def _guarded(fn: Callable[[], T]) -> T:
+    from airflow.exceptions import AirflowFailException
+
+    try:
+        return fn()
+    except LlmopsError as exc:
+        if isinstance(exc, ProviderError) and exc.retryable:
+            raise
+        log.error("%s", exc)
+        raise AirflowFailException(str(exc)) from None
+
+
+def _gateway(dag_file: str | None) -> Any:
+    from llmops.gateway import Gateway
+
+    return Gateway(settings_for(dag_file))
+
+
+def plan_task(params: dict[str, Any], run_id: str, dag_file: str | None = None) -> dict[str, Any]:
+    from llmops.batch import BatchSpec, plan_batch
+
+    def run() -> dict[str, Any]:
+        gw = _gateway(dag_file)
+        try:
+            spec = BatchSpec(
+                prompt=params["prompt"],
+                input=params["input"],
+                department=params["department"],
+                user=params["user"],
+                run_id=run_id,
+                priority=params.get("priority") or None,
+                data_class=params.get("data_class") or "internal",
+                key_column=params.get("key_column") or "id",
+                cost_cap_usd=params.get("cost_cap_usd"),
+                chunk_size=params.get("chunk_size"),
+                dry_run=bool(params.get("dry_run")),
+            )
+            plan = plan_batch(gw, spec)
+            log.info("plan: %s records in %s chunks, estimate %s", plan["total_rows"], len(plan["chunks"]),
+                     plan["estimate"])
+            return plan
+        finally:
+            gw.close()
+
+    return _guarded(run)
+
+
+def chunk_task(plan: dict[str, Any], chunk: dict[str, Any], dag_file: str | None = None) -> dict[str, Any]:
+    from llmops.batch import run_chunk
+
+    if plan.get("dry_run"):
+        return {"index": chunk["index"], "records": 0, "counts": {}, "dry_run": True}
+
+    def run() -> dict[str, Any]:
+        gw = _gateway(dag_file)
+        try:
+            result = run_chunk(gw, plan, chunk["index"])
+            log.info("chunk %s: %s", chunk["index"], result["counts"])
+            return result
+        finally:
+            gw.close()
+
+    return _guarded(run)
+
+
+def reconcile_task(plan: dict[str, Any], chunks: Iterable[dict[str, Any]], dag_file: str | None = None) -> dict[str, Any]:
+    from llmops.batch import reconcile
+
+    results = list(chunks)
+    if plan.get("dry_run"):
+        log.info("dry run: estimate %s; nothing was called or billed", plan["estimate"])
+        return {"dry_run": True, "estimate": plan["estimate"]}
+
+    def run() -> dict[str, Any]:
+        gw = _gateway(dag_file)
+        try:
+            summary = reconcile(gw, plan)
+            summary["chunks"] = len(results)
+            log.info("reconciled: %s", summary)
+            return summary
+        finally:
+            gw.close()
+
+    return _guarded(run)

@@ -1,0 +1,314 @@
+"""``llmops`` — the command line. The same functions the DAGs call; errors are one line and an exit code."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from llmops.errors import LlmopsError
+
+os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
+                  help="Batch LLMOps on Apache Airflow.")
+prompts_app = typer.Typer(no_args_is_help=True, help="The prompt library.")
+batch_app = typer.Typer(no_args_is_help=True, help="Batch jobs.")
+sim_app = typer.Typer(no_args_is_help=True, help="The built-in simulator provider.")
+mail_app = typer.Typer(no_args_is_help=True, help="The local SMTP sink.")
+db_app = typer.Typer(no_args_is_help=True, help="The ledger database.")
+budget_app = typer.Typer(no_args_is_help=True, help="Budgets.")
+app.add_typer(prompts_app, name="prompts")
+app.add_typer(batch_app, name="batch")
+app.add_typer(sim_app, name="sim")
+app.add_typer(mail_app, name="mail")
+app.add_typer(db_app, name="db")
+app.add_typer(budget_app, name="budget")
+
+
+def _settings(**overrides: Any) -> Any:
+    from llmops.settings import load_settings
+
+    return load_settings(**overrides)
+
+
+def _library() -> Any:
+    from llmops.prompts import PromptLibrary
+
+    s = _settings()
+    return PromptLibrary(s.prompts_path, s.max_rendered_chars)
+
+
+def _parse_vars(pairs: list[str], vars_file: Path | None) -> dict[str, Any]:
+    values: dict[str, Any] = {}
+    if vars_file is not None:
+        from llmops.policy import load_yaml
+
+        loaded = load_yaml(vars_file)
+        if not isinstance(loaded, dict):
+            raise LlmopsError(f"{vars_file}: must hold a mapping of variable names to values")
+        values.update(loaded)
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        if not sep:
+            raise LlmopsError(f"--var {pair!r} is not NAME=VALUE", "write --var name=value")
+        values[name] = value
+    return values
+
+
+# -- prompts --------------------------------------------------------------------------------------
+@prompts_app.command("list")
+def prompts_list() -> None:
+    """List prompts, versions and aliases."""
+    lib = _library()
+    for name in lib.names():
+        meta = lib.meta(name)
+        versions = ", ".join(str(v.version) for v in lib.versions(name))
+        aliases = ", ".join(f"{a}→{v}" for a, v in sorted(meta.aliases.items()))
+        typer.echo(f"{name:28} {meta.task_type:15} versions: {versions:24} aliases: {aliases}")
+
+
+@prompts_app.command("show")
+def prompts_show(ref: str) -> None:
+    """Show a prompt version's metadata and template."""
+    lib = _library()
+    pv = lib.resolve(ref)
+    typer.echo(f"# {pv.ref}  ({pv.path})")
+    typer.echo(pv.meta.model_dump_json(indent=2, by_alias=True))
+    typer.echo("--- template ---")
+    typer.echo(pv.source)
+
+
+@prompts_app.command("render")
+def prompts_render(
+    ref: str,
+    var: Annotated[list[str] | None, typer.Option("--var", help="NAME=VALUE; repeatable")] = None,
+    vars_file: Annotated[Path | None, typer.Option(help="YAML/JSON file of variables")] = None,
+) -> None:
+    """Render a prompt version with variables (sandboxed, strict)."""
+    rendered = _library().render(ref, _parse_vars(var or [], vars_file))
+    for m in rendered.messages:
+        typer.echo(f"[{m['role']}]\n{m['content']}\n")
+
+
+@prompts_app.command("validate")
+def prompts_validate() -> None:
+    """Load and check every prompt, template and golden set."""
+    lib = _library()
+    n = 0
+    for name in lib.names():
+        for pv in lib.versions(name):
+            n += 1
+        golden = lib.root / name / "eval" / "golden.jsonl"
+        cases = _check_golden(golden, lib, name)
+        typer.echo(f"ok  {name}: {len(lib.versions(name))} version(s), {cases} golden case(s)")
+    typer.echo(f"{len(lib.names())} prompts, {n} versions valid")
+
+
+def _check_golden(path: Path, lib: Any, name: str) -> int:
+    if not path.exists():
+        raise LlmopsError(f"{path}: missing golden set", "add eval/golden.jsonl with at least 20 cases")
+    pv = lib.resolve(f"{name}@latest")
+    count = 0
+    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            case = json.loads(line)
+            lib.render(pv, case["inputs"])
+        except (ValueError, KeyError, TypeError) as exc:
+            raise LlmopsError(f"{path}:{lineno}: malformed golden case: {exc}",
+                              "each line is JSON with an 'inputs' mapping") from None
+        count += 1
+    return count
+
+
+# -- batch ----------------------------------------------------------------------------------------
+@batch_app.command("run")
+def batch_run(
+    prompt: Annotated[str, typer.Option(help="NAME[@REF]")],
+    input: Annotated[str, typer.Option("--input", help="CSV/Parquet path, sample:<file> or <url>#<table>")],
+    department: Annotated[str, typer.Option()],
+    user: Annotated[str, typer.Option()],
+    output: Annotated[Path | None, typer.Option(help="write results here (.parquet or .csv)")] = None,
+    priority: Annotated[str | None, typer.Option(help="cost | quality | speed | balanced")] = None,
+    data_class: Annotated[str, typer.Option()] = "internal",
+    key_column: Annotated[str, typer.Option()] = "id",
+    run_id: Annotated[str | None, typer.Option(help="reuse to resume a run; default: a new id")] = None,
+    cost_cap_usd: Annotated[float | None, typer.Option()] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="estimate only")] = False,
+) -> None:
+    """Run a batch in this process: the CLI twin of the llm_batch DAG."""
+    import time
+
+    from llmops.batch import BatchSpec, run_batch
+    from llmops.gateway import Gateway
+
+    _quiet_logs()
+    gw = Gateway(_settings())
+    rid = run_id or f"cli__{time.strftime('%Y%m%dT%H%M%S')}_{os.getpid()}"
+    spec = BatchSpec(prompt=prompt, input=input, department=department, user=user, run_id=rid, priority=priority,
+                     data_class=data_class, key_column=key_column, cost_cap_usd=cost_cap_usd, dry_run=dry_run)
+    summary = run_batch(gw, spec)
+    if dry_run:
+        est = summary["plan"]["estimate"]
+        typer.echo(f"dry run: {est['records']} records, ~{est['prompt_tokens']} prompt tokens, "
+                   f"up to ${est['max_cost_usd']} (models {est['models']}); "
+                   f"remaining budget ${summary['plan']['remaining_budget_usd']}; nothing was called or billed")
+        return
+    if output is not None:
+        _export(Path(summary["output"]), output)
+        summary["exported"] = str(output)
+    _print_summary(summary)
+
+
+def _export(results: Path, output: Path) -> None:
+    import pandas as pd
+
+    df = pd.read_parquet(results)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    if output.suffix.lower() == ".csv":
+        df.to_csv(output, index=False)
+    else:
+        df.to_parquet(output, index=False)
+
+
+def _print_summary(summary: dict[str, Any]) -> None:
+    c = summary["counts"]
+    typer.echo(f"run {summary['run_id']}  prompt {summary['prompt']}")
+    typer.echo(f"rows processed: {summary['records']}  ok={c['ok']} blocked={c['blocked']} denied={c['denied']} "
+               f"failed={c['failed']} deferred={c['deferred']}")
+    for dept, cost in sorted(summary["cost_by_department"].items()):
+        typer.echo(f"cost {dept}: ${cost}")
+    typer.echo(f"outputs: {summary['output']}" + (f"  (exported to {summary['exported']})" if "exported" in summary
+                                                   else ""))
+    typer.echo(f"ledger: {summary['ledger']}  dead letters: {summary['dead_letters']}")
+
+
+def _quiet_logs() -> None:
+    import logging
+
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    for noisy in ("LiteLLM", "litellm", "httpx"):
+        logging.getLogger(noisy).setLevel(logging.ERROR)
+
+
+# -- services -------------------------------------------------------------------------------------
+@sim_app.command("serve")
+def sim_serve(
+    host: str = "127.0.0.1",
+    port: Annotated[int | None, typer.Option(help="default: LLMOPS_SIMULATOR_PORT")] = None,
+    rpm: Annotated[int | None, typer.Option(help="requests/minute per model")] = None,
+    tpm: Annotated[int | None, typer.Option(help="tokens/minute per model")] = None,
+    latency_scale: float = 1.0,
+    error_rate: float = 0.0,
+    timeout_rate: float = 0.0,
+    seed: int = 7,
+) -> None:
+    """Serve the OpenAI-compatible simulator on loopback."""
+    from llmops.simulator import SimConfig, serve
+
+    s = _settings()
+    cfg = SimConfig(host=host, port=port or s.simulator_port, rpm=rpm, tpm=tpm, latency_scale=latency_scale,
+                    error_rate=error_rate, timeout_rate=timeout_rate, seed=seed,
+                    api_key=s.simulator_api_key.get_secret_value())
+    typer.echo(f"simulator on http://{cfg.host}:{cfg.port}/v1 (models: sim-small, sim-medium, sim-large)")
+    serve(cfg)
+
+
+@mail_app.command("serve")
+def mail_serve(port: Annotated[int | None, typer.Option()] = None,
+               folder: Annotated[Path | None, typer.Option("--dir")] = None) -> None:
+    """Run the SMTP sink; every mail becomes an .eml file."""
+    import time
+
+    from llmops import mailsink
+
+    s = _settings()
+    target = folder or s.mail_path
+    ctl = mailsink.start(target, s.smtp_host, port or s.smtp_port)
+    typer.echo(f"SMTP sink on {s.smtp_host}:{port or s.smtp_port}, storing mail in {target}")
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        ctl.stop()
+
+
+@db_app.command("migrate")
+def db_migrate() -> None:
+    """Create or upgrade the ledger schema (Alembic)."""
+    from llmops.ledger import Ledger
+
+    led = Ledger(_settings().ledger_database_url)
+    typer.echo(f"ledger at head: {led.safe_url}")
+
+
+@app.command("check")
+def check_config() -> None:
+    """Validate settings, llmops.yaml and the prompt library."""
+    from llmops.policy import load_policy
+
+    s = _settings()
+    p = load_policy(s.policy_path)
+    lib = _library()
+    typer.echo(f"ok  {s.policy_path}: {len(p.departments)} departments, {len(p.people)} people, "
+               f"{len(p.models)} models")
+    typer.echo(f"ok  {s.prompts_path}: {len(lib.names())} prompts")
+
+
+@budget_app.command("show")
+def budget_show(department: Annotated[str | None, typer.Option()] = None,
+                month: Annotated[str | None, typer.Option(help="YYYY-MM")] = None) -> None:
+    """Budget, spent, reserved and remaining per department."""
+    from llmops.budget import Budget
+    from llmops.errors import RequestError
+    from llmops.ledger import Ledger
+    from llmops.policy import load_policy
+
+    s = _settings()
+    policy = load_policy(s.policy_path)
+    if department and department not in policy.departments:
+        raise RequestError(f"unknown department {department!r}", f"use one of: {', '.join(policy.departments)}")
+    b = Budget(Ledger(s.ledger_database_url), policy, s.timezone)
+    for d in [department] if department else sorted(policy.departments):
+        u = b.usage(d, month)  # type: ignore[arg-type]
+        typer.echo(f"{d:12} {u['month']}  budget ${u['budget_usd']:.2f}  spent ${u['spent_usd']:.6f}  "
+                   f"reserved ${u['reserved_usd']:.6f}  used {u['used_ratio']:.1%}")
+
+
+@app.command("demo")
+def demo() -> None:
+    """Headless one-shot: run llm_batch with dag.test() over the sample data and print the summary."""
+    from llmops.platform import run_demo
+
+    sys.exit(run_demo(_settings()))
+
+
+@app.command("up")
+def up(
+    trigger: Annotated[bool, typer.Option(help="trigger llm_batch once when the platform is up")] = True,
+    airflow_port: int = 8080,
+    mlflow_port: int = 5000,
+) -> None:
+    """Bring the platform up on the embedded default and keep it running (Ctrl-C stops everything)."""
+    from llmops.platform import run_up
+
+    sys.exit(run_up(_settings(), airflow_port=airflow_port, mlflow_port=mlflow_port, trigger=trigger))
+
+
+def main() -> None:
+    try:
+        app()
+    except LlmopsError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        sys.exit(exc.exit_code)
+
+
+if __name__ == "__main__":
+    main()
