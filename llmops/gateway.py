@@ -103,7 +103,8 @@ class Gateway:
             rendered = self.library.render(pv, verdict.variables)
         except RenderError as exc:
             return self._final(ctx, Status.FAILED, [f"render: {exc}"], findings=verdict.findings)
-        prompt_excerpt = excerpt(rendered.messages[-1]["content"])
+        # The excerpt shows the record's (already redacted) variables: the part that differs per call.
+        prompt_excerpt = excerpt(" | ".join(str(v) for v in verdict.variables.values()))
         params = dict(pv.meta.parameters)
         max_tokens = int(params.get("max_tokens", 512))
         prompt_tokens = count_messages(rendered.messages)
@@ -178,8 +179,12 @@ class Gateway:
                 continue
             return self._settle(ctx, pv.meta.output, model, call_id, completion, reasons, verdict.placeholders,
                                 verdict.findings, prompt_excerpt, inp, out)
-        return self._final(ctx, Status.FAILED, [*reasons, *[f"call: {e}" for e in errors]],
-                           findings=verdict.findings, prompt_excerpt=prompt_excerpt)
+        with self.ledger.transaction() as s:  # keep model, call_id and attempts of the last call
+            row = self.ledger.upsert_call(s, key, status=Status.FAILED, reserved_nanousd=0,
+                                          reasons="; ".join([*reasons, *[f"call: {e}" for e in errors]]))
+        result = _from_row(row, replayed=False)
+        log_call(result, user=req.user, department=req.department, prompt=pv.name, prompt_excerpt=prompt_excerpt)
+        return result
 
     # -- stages ---------------------------------------------------------------------------------
     def _check_run_cap(self, s: Any, run_id: str, key: str, estimate: int, cap: int) -> Any:
