@@ -29,7 +29,7 @@ def settings_for(dag_file: str | None = None) -> Settings:
 
 
 def _guarded(fn: Callable[[], T]) -> T:
-    from airflow.exceptions import AirflowFailException
+    from airflow.sdk.exceptions import AirflowFailException
 
     try:
         return fn()

@@ -151,6 +151,8 @@ def batch_run(
 
     _quiet_logs()
     gw = Gateway(_settings())
+    if not input.startswith("sample:") and "://" not in input:
+        input = str(Path(input).expanduser().resolve())  # CLI paths are relative to the current directory
     rid = run_id or f"cli__{time.strftime('%Y%m%dT%H%M%S')}_{os.getpid()}"
     spec = BatchSpec(prompt=prompt, input=input, department=department, user=user, run_id=rid, priority=priority,
                      data_class=data_class, key_column=key_column, cost_cap_usd=cost_cap_usd, dry_run=dry_run)
