@@ -152,6 +152,12 @@ def run_up(settings: Settings, *, airflow_port: int = 8080, mlflow_port: int = 5
     py = sys.executable
     bindir = Path(py).parent
     sup = Supervisor(data / "logs")
+
+    def _stop(signum: int, _frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, _stop)  # also when started in the background, where SIGINT is ignored
+    signal.signal(signal.SIGTERM, _stop)
     api = f"http://127.0.0.1:{airflow_port}"
     try:
         sup.start("simulator", [py, "-m", "llmops", "sim", "serve"], env, settings.home)
