@@ -23,27 +23,59 @@ BATCH_OUTPUTS = Asset(name="llmops_batch_outputs", uri="file:///llmops/outputs/l
     default_args={"retries": 2, "retry_delay": timedelta(seconds=10), "owner": "llmops"},
     tags=["llmops", "batch"],
     params={
-        "prompt": Param("support_ticket_classify@production", type="string", title="Prompt",
-                        description="name, name@alias (production, staging), name@latest or name@1.2.0",
-                        section="What to run"),
-        "input": Param("sample:support_tickets.csv", type="string", title="Input dataset",
-                       description="CSV or Parquet path (relative to the project), sample:<file>, "
-                                   "or <sqlalchemy-url>#<table>", section="What to run"),
+        "prompt": Param(
+            "support_ticket_classify@production",
+            type="string",
+            title="Prompt",
+            description="name, name@alias (production, staging), name@latest or name@1.2.0",
+            section="What to run",
+        ),
+        "input": Param(
+            "sample:support_tickets.csv",
+            type="string",
+            title="Input dataset",
+            description="CSV or Parquet path (relative to the project), sample:<file>, or <sqlalchemy-url>#<table>",
+            section="What to run",
+        ),
         "key_column": Param("id", type="string", title="Record key column", section="What to run"),
-        "department": Param("support", type="string", title="Department", description="billed department",
-                            section="Who pays"),
-        "user": Param("hana.sato@example.com", type="string", title="User",
-                      description="person in llmops.yaml running this batch", section="Who pays"),
-        "priority": Param("balanced", type="string", enum=["balanced", "cost", "quality", "speed"],
-                          title="Routing priority", section="How"),
-        "data_class": Param("internal", type="string", enum=["public", "internal", "confidential", "restricted"],
-                            title="Data class", section="How"),
-        "cost_cap_usd": Param(None, type=["null", "number"], minimum=0, title="Cost cap (USD)",
-                              description="refuse or stop the run beyond this spend", section="How"),
-        "chunk_size": Param(None, type=["null", "integer"], minimum=1, maximum=100000, title="Chunk size",
-                            section="How"),
-        "dry_run": Param(False, type="boolean", title="Dry run", description="estimate only; call nothing",
-                         section="How"),
+        "department": Param(
+            "support", type="string", title="Department", description="billed department", section="Who pays"
+        ),
+        "user": Param(
+            "hana.sato@example.com",
+            type="string",
+            title="User",
+            description="person in llmops.yaml running this batch",
+            section="Who pays",
+        ),
+        "priority": Param(
+            "balanced",
+            type="string",
+            enum=["balanced", "cost", "quality", "speed"],
+            title="Routing priority",
+            section="How",
+        ),
+        "data_class": Param(
+            "internal",
+            type="string",
+            enum=["public", "internal", "confidential", "restricted"],
+            title="Data class",
+            section="How",
+        ),
+        "cost_cap_usd": Param(
+            None,
+            type=["null", "number"],
+            minimum=0,
+            title="Cost cap (USD)",
+            description="refuse or stop the run beyond this spend",
+            section="How",
+        ),
+        "chunk_size": Param(
+            None, type=["null", "integer"], minimum=1, maximum=100000, title="Chunk size", section="How"
+        ),
+        "dry_run": Param(
+            False, type="boolean", title="Dry run", description="estimate only; call nothing", section="How"
+        ),
     },
 )
 def llm_batch() -> None:

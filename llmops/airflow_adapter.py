@@ -66,8 +66,9 @@ def plan_task(params: dict[str, Any], run_id: str, dag_file: str | None = None) 
                 dry_run=bool(params.get("dry_run")),
             )
             plan = plan_batch(gw, spec)
-            log.info("plan: %s records in %s chunks, estimate %s", plan["total_rows"], len(plan["chunks"]),
-                     plan["estimate"])
+            log.info(
+                "plan: %s records in %s chunks, estimate %s", plan["total_rows"], len(plan["chunks"]), plan["estimate"]
+            )
             return plan
         finally:
             gw.close()
@@ -93,7 +94,9 @@ def chunk_task(plan: dict[str, Any], chunk: dict[str, Any], dag_file: str | None
     return _guarded(run)
 
 
-def reconcile_task(plan: dict[str, Any], chunks: Iterable[dict[str, Any]], dag_file: str | None = None) -> dict[str, Any]:
+def reconcile_task(
+    plan: dict[str, Any], chunks: Iterable[dict[str, Any]], dag_file: str | None = None
+) -> dict[str, Any]:
     from llmops.batch import reconcile
 
     results = list(chunks)

@@ -83,9 +83,11 @@ def read_input(source: str) -> pd.DataFrame:
         engine = create_engine(url)
         try:
             return pd.read_sql_table(table, engine).astype(object).where(lambda d: d.notna(), None)
-        except Exception as exc:  # noqa: BLE001
-            raise InputError(f"cannot read table {table!r}: {type(exc).__name__}: {exc}".splitlines()[0],
-                             "check the URL and the table name") from None
+        except Exception as exc:
+            raise InputError(
+                f"cannot read table {table!r}: {type(exc).__name__}: {exc}".splitlines()[0],
+                "check the URL and the table name",
+            ) from None
         finally:
             engine.dispose()
     path = Path(source)
@@ -103,8 +105,9 @@ def read_input(source: str) -> pd.DataFrame:
         first = str(exc).strip().splitlines()[0]
         raise InputError(f"{path}: malformed CSV: {first}", "fix that row (quote fields that contain commas)") from None
     except (UnicodeDecodeError, ValueError, OSError) as exc:
-        raise InputError(f"{path}: unreadable input: {type(exc).__name__}: {str(exc)[:120]}",
-                         "save it as UTF-8 CSV or Parquet") from None
+        raise InputError(
+            f"{path}: unreadable input: {type(exc).__name__}: {str(exc)[:120]}", "save it as UTF-8 CSV or Parquet"
+        ) from None
     raise InputError(f"{path}: unsupported input type {suffix or '(none)'}", "use .csv, .parquet or <url>#<table>")
 
 
@@ -123,14 +126,13 @@ def _coerce(value: Any, vtype: str) -> Any:
 
 
 def _keys(df: pd.DataFrame, key_column: str) -> list[str]:
-    if key_column in df.columns:
-        keys = [str(k) for k in df[key_column]]
-    else:
-        keys = [str(i) for i in range(len(df))]
+    column = df[key_column] if key_column in df.columns else range(len(df))
+    keys = [str(k) for k in column]
     dupes = [k for k, n in Counter(keys).items() if n > 1]
     if dupes:
-        raise InputError(f"duplicate record key(s) in column {key_column!r}: {', '.join(dupes[:5])}",
-                         "make the key column unique")
+        raise InputError(
+            f"duplicate record key(s) in column {key_column!r}: {', '.join(dupes[:5])}", "make the key column unique"
+        )
     return keys
 
 
@@ -140,14 +142,17 @@ def plan_batch(gw: Gateway, spec: BatchSpec) -> dict[str, Any]:
     policy = gw.policy
     pv = gw.library.resolve(spec.prompt)
     if spec.department not in policy.departments:
-        raise RequestError(f"unknown department {spec.department!r}",
-                           f"use one of: {', '.join(sorted(policy.departments))}")
+        raise RequestError(
+            f"unknown department {spec.department!r}", f"use one of: {', '.join(sorted(policy.departments))}"
+        )
     person = policy.people.get(spec.user)
     if person is None:
         raise RequestError(f"unknown user {spec.user!r}", "add the person to llmops.yaml under people:")
     if person.department != spec.department:
-        raise RequestError(f"user {spec.user} belongs to {person.department}, not {spec.department}",
-                           f"use --department {person.department}")
+        raise RequestError(
+            f"user {spec.user} belongs to {person.department}, not {spec.department}",
+            f"use --department {person.department}",
+        )
     if spec.priority is not None and spec.priority not in ("cost", "quality", "speed", "balanced"):
         raise RequestError(f"unknown priority {spec.priority!r}", "use cost, quality, speed or balanced")
     source = resolve_input(spec.input, gw.settings.home)
@@ -168,8 +173,10 @@ def plan_batch(gw: Gateway, spec: BatchSpec) -> dict[str, Any]:
     size = spec.chunk_size or gw.settings.chunk_size
     chunks = [{"index": i, "start": s, "stop": min(s + size, len(df))} for i, s in enumerate(range(0, len(df), size))]
     if len(chunks) > 1024:
-        raise InputError(f"{len(chunks)} chunks exceed Airflow's max_map_length of 1024",
-                         "raise the chunk size (LLMOPS_CHUNK_SIZE or the chunk_size param)")
+        raise InputError(
+            f"{len(chunks)} chunks exceed Airflow's max_map_length of 1024",
+            "raise the chunk size (LLMOPS_CHUNK_SIZE or the chunk_size param)",
+        )
     plan = {
         "run_id": spec.run_id,
         "prompt": pv.ref,
@@ -204,8 +211,15 @@ def plan_batch(gw: Gateway, spec: BatchSpec) -> dict[str, Any]:
         )
     if not spec.dry_run:
         gw.ledger.save_batch_run(
-            spec.run_id, prompt_ref=spec.prompt, prompt_version=pv.ref, department=spec.department, user=spec.user,
-            input=source, total_rows=len(df), status="running", counts={},
+            spec.run_id,
+            prompt_ref=spec.prompt,
+            prompt_version=pv.ref,
+            department=spec.department,
+            user=spec.user,
+            input=source,
+            total_rows=len(df),
+            status="running",
+            counts={},
         )
     return plan
 
@@ -222,12 +236,18 @@ def _estimate(gw: Gateway, spec: BatchSpec, pv: PromptVersion, df: pd.DataFrame)
         try:
             values = {n: _coerce(v, pv.meta.variables[n].type) for n, v in values.items()}
             rendered = gw.library.render(pv, {k: v for k, v in values.items() if v is not None})
-        except Exception:  # noqa: BLE001 - such records fail individually at run time, at no cost
+        except Exception:  # noqa: S112 - such records fail individually at run time, at no cost
             continue
         tokens = count_messages(rendered.messages)
-        decision = gw.router.route(meta=pv.meta, user=spec.user, department=spec.department,
-                                   data_class=spec.data_class, prompt_tokens=tokens, max_tokens=max_tokens,
-                                   priority=spec.priority)  # type: ignore[arg-type]
+        decision = gw.router.route(
+            meta=pv.meta,
+            user=spec.user,
+            department=spec.department,
+            data_class=spec.data_class,
+            prompt_tokens=tokens,
+            max_tokens=max_tokens,
+            priority=spec.priority,  # type: ignore[arg-type]  # validated in plan_batch
+        )
         if decision.model is None:
             continue
         inp, out = gw.policy.models[decision.model].price()
@@ -259,8 +279,10 @@ def run_chunk(gw: Gateway, plan: dict[str, Any], index: int) -> dict[str, Any]:
     chunk = plan["chunks"][index]
     df = read_input(plan["input"])
     if len(df) != plan["total_rows"]:
-        raise InputError(f"{plan['input']} changed since the batch was planned",
-                         "do not modify the input while a batch runs; trigger a new run")
+        raise InputError(
+            f"{plan['input']} changed since the batch was planned",
+            "do not modify the input while a batch runs; trigger a new run",
+        )
     keys = _keys(df, plan["key_column"])
     pv = gw.library.resolve(plan["prompt"])
     cap = to_nano(plan["cost_cap_usd"]) if plan.get("cost_cap_usd") is not None else None
@@ -279,8 +301,14 @@ def run_chunk(gw: Gateway, plan: dict[str, Any], index: int) -> dict[str, Any]:
                 except ValueError:
                     coerce_error = f"render: variable {name!r} is not a valid {var.type}"
         req = Request(
-            user=plan["user"], department=plan["department"], prompt=plan["prompt"], variables=req_vars,
-            record_key=key, run_id=plan["run_id"], priority=plan["priority"], data_class=plan["data_class"],
+            user=plan["user"],
+            department=plan["department"],
+            prompt=plan["prompt"],
+            variables=req_vars,
+            record_key=key,
+            run_id=plan["run_id"],
+            priority=plan["priority"],
+            data_class=plan["data_class"],
         )
         if stop.is_set():
             return _defer(gw, req, "budget: batch stopped after the budget's hard stop")
@@ -304,8 +332,13 @@ def run_chunk(gw: Gateway, plan: dict[str, Any], index: int) -> dict[str, Any]:
     frame.to_parquet(tmp, index=False)
     os.replace(tmp, part)
     counts = Counter(_STATE_OF[r.status] for r in results)
-    return {"index": index, "records": len(results), "counts": dict(counts), "part": str(part),
-            "cost_usd": str(sum((r.cost_usd for r in results), Decimal(0)))}
+    return {
+        "index": index,
+        "records": len(results),
+        "counts": dict(counts),
+        "part": str(part),
+        "cost_usd": str(sum((r.cost_usd for r in results), Decimal(0))),
+    }
 
 
 def _defer(gw: Gateway, req: Request, reason: str) -> Result:
@@ -316,15 +349,36 @@ def _defer(gw: Gateway, req: Request, reason: str) -> Result:
     existing = gw.ledger.get(key)
     if existing is not None and is_final(existing):
         return gw.process(req)  # replay
-    base = {"run_id": req.run_id, "record_key": req.record_key, "purpose": req.purpose, "user": req.user,
-            "department": req.department, "prompt_name": pv.name, "prompt_version": str(pv.version),
-            "budget_month": gw.budget.month()}
+    base = {
+        "run_id": req.run_id,
+        "record_key": req.record_key,
+        "purpose": req.purpose,
+        "user": req.user,
+        "department": req.department,
+        "prompt_name": pv.name,
+        "prompt_version": str(pv.version),
+        "budget_month": gw.budget.month(),
+    }
     from llmops.types import call_id_for
 
     with gw.ledger.transaction() as s:
-        gw.ledger.upsert_call(s, key, **base, call_id=call_id_for(key, "-"), status=Status.DEFERRED, reasons=reason,
-                              findings="{}", prompt_excerpt="", reserved_nanousd=0, cost_nanousd=0,
-                              prompt_tokens=0, completion_tokens=0, latency_ms=0, output=None, attempts=0)
+        gw.ledger.upsert_call(
+            s,
+            key,
+            **base,
+            call_id=call_id_for(key, "-"),
+            status=Status.DEFERRED,
+            reasons=reason,
+            findings="{}",
+            prompt_excerpt="",
+            reserved_nanousd=0,
+            cost_nanousd=0,
+            prompt_tokens=0,
+            completion_tokens=0,
+            latency_ms=0,
+            output=None,
+            attempts=0,
+        )
     return Result(Status.DEFERRED, req.record_key, key, prompt_version=pv.ref, reasons=[reason])
 
 
@@ -365,8 +419,9 @@ def reconcile(gw: Gateway, plan: dict[str, Any]) -> dict[str, Any]:
         state = _STATE_OF[Status(row.status)]
         counts[state] += 1
         if state in ("failed", "deferred"):
-            letters.append({"record_key": k, "request_key": row.request_key, "status": state,
-                            "reason": row.reasons or row.status})
+            letters.append(
+                {"record_key": k, "request_key": row.request_key, "status": state, "reason": row.reasons or row.status}
+            )
     total = sum(counts.values())
     if total != plan["total_rows"]:
         raise ReconciliationError(f"input has {plan['total_rows']} rows but {total} are accounted for")
@@ -376,8 +431,9 @@ def reconcile(gw: Gateway, plan: dict[str, Any]) -> dict[str, Any]:
     parts = sorted(out_dir.glob("part-*.parquet"))
     frame = pd.concat([pd.read_parquet(p) for p in parts], ignore_index=True) if parts else pd.DataFrame()
     if len(frame) != plan["total_rows"] or set(frame["record_key"]) != set(keys):
-        raise ReconciliationError(f"output parts hold {len(frame)} rows for {plan['total_rows']} input rows",
-                                  "retry the failed chunk tasks")
+        raise ReconciliationError(
+            f"output parts hold {len(frame)} rows for {plan['total_rows']} input rows", "retry the failed chunk tasks"
+        )
     # The ledger is the source of truth: refresh statuses from it (a retried chunk may have replayed).
     frame["status"] = [_STATE_OF[Status(rows[k].status)] for k in frame["record_key"]]
     results = out_dir / "results.parquet"
@@ -396,8 +452,13 @@ def reconcile(gw: Gateway, plan: dict[str, Any]) -> dict[str, Any]:
         "dead_letters": len(letters),
         "ledger": gw.ledger.safe_url,
     }
-    gw.ledger.save_batch_run(plan["run_id"], counts=dict(counts), status="reconciled", output_path=str(results),
-                             finished_at=datetime.now(UTC))
+    gw.ledger.save_batch_run(
+        plan["run_id"],
+        counts=dict(counts),
+        status="reconciled",
+        output_path=str(results),
+        finished_at=datetime.now(UTC),
+    )
     return summary
 
 
@@ -405,7 +466,11 @@ def run_batch(gw: Gateway, spec: BatchSpec) -> dict[str, Any]:
     """Plan, run every chunk and reconcile, in this process (the CLI twin of the DAG)."""
     plan = plan_batch(gw, spec)
     if spec.dry_run:
-        return {"dry_run": True, "plan": {k: v for k, v in plan.items() if k != "chunks"}, "chunks": len(plan["chunks"])}
+        return {
+            "dry_run": True,
+            "plan": {k: v for k, v in plan.items() if k != "chunks"},
+            "chunks": len(plan["chunks"]),
+        }
     for chunk in plan["chunks"]:
         run_chunk(gw, plan, chunk["index"])
     return reconcile(gw, plan)

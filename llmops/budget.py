@@ -48,7 +48,9 @@ class Budget:
         if session.get_bind().dialect.name == "postgresql":
             session.execute(text("SELECT pg_advisory_xact_lock(hashtext(:k))"), {"k": f"{department}:{month}"})
 
-    def reserve(self, session: Session, *, department: str, month: str, request_key: str, estimate_nano: int) -> Reservation:
+    def reserve(
+        self, session: Session, *, department: str, month: str, request_key: str, estimate_nano: int
+    ) -> Reservation:
         """Check and hold ``estimate_nano`` for ``request_key``. Must run inside ``ledger.transaction()``."""
         self._lock(session, department, month)
         spent, reserved = self.ledger.month_usage(department, month, session)
@@ -73,7 +75,11 @@ class Budget:
             if before_nano < mark <= after_nano:
                 log.warning(
                     "budget alert: %s crossed %.0f%% of its %s budget (%s of %s USD)",
-                    department, threshold * 100, month, usd(after_nano), usd(limit),
+                    department,
+                    threshold * 100,
+                    month,
+                    usd(after_nano),
+                    usd(limit),
                 )
 
     def usage(self, department: str, month: str | None = None) -> dict[str, object]:

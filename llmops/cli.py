@@ -15,8 +15,9 @@ from llmops.errors import LlmopsError
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
-app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
-                  help="Batch LLMOps on Apache Airflow.")
+app = typer.Typer(
+    no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False, help="Batch LLMOps on Apache Airflow."
+)
 prompts_app = typer.Typer(no_args_is_help=True, help="The prompt library.")
 batch_app = typer.Typer(no_args_is_help=True, help="Batch jobs.")
 sim_app = typer.Typer(no_args_is_help=True, help="The built-in simulator provider.")
@@ -102,8 +103,7 @@ def prompts_validate() -> None:
     lib = _library()
     n = 0
     for name in lib.names():
-        for pv in lib.versions(name):
-            n += 1
+        n += len(lib.versions(name))
         golden = lib.root / name / "eval" / "golden.jsonl"
         cases = _check_golden(golden, lib, name)
         typer.echo(f"ok  {name}: {len(lib.versions(name))} version(s), {cases} golden case(s)")
@@ -122,8 +122,9 @@ def _check_golden(path: Path, lib: Any, name: str) -> int:
             case = json.loads(line)
             lib.render(pv, case["inputs"])
         except (ValueError, KeyError, TypeError) as exc:
-            raise LlmopsError(f"{path}:{lineno}: malformed golden case: {exc}",
-                              "each line is JSON with an 'inputs' mapping") from None
+            raise LlmopsError(
+                f"{path}:{lineno}: malformed golden case: {exc}", "each line is JSON with an 'inputs' mapping"
+            ) from None
         count += 1
     return count
 
@@ -154,14 +155,26 @@ def batch_run(
     if not input.startswith("sample:") and "://" not in input:
         input = str(Path(input).expanduser().resolve())  # CLI paths are relative to the current directory
     rid = run_id or f"cli__{time.strftime('%Y%m%dT%H%M%S')}_{os.getpid()}"
-    spec = BatchSpec(prompt=prompt, input=input, department=department, user=user, run_id=rid, priority=priority,
-                     data_class=data_class, key_column=key_column, cost_cap_usd=cost_cap_usd, dry_run=dry_run)
+    spec = BatchSpec(
+        prompt=prompt,
+        input=input,
+        department=department,
+        user=user,
+        run_id=rid,
+        priority=priority,
+        data_class=data_class,
+        key_column=key_column,
+        cost_cap_usd=cost_cap_usd,
+        dry_run=dry_run,
+    )
     summary = run_batch(gw, spec)
     if dry_run:
         est = summary["plan"]["estimate"]
-        typer.echo(f"dry run: {est['records']} records, ~{est['prompt_tokens']} prompt tokens, "
-                   f"up to ${est['max_cost_usd']} (models {est['models']}); "
-                   f"remaining budget ${summary['plan']['remaining_budget_usd']}; nothing was called or billed")
+        typer.echo(
+            f"dry run: {est['records']} records, ~{est['prompt_tokens']} prompt tokens, "
+            f"up to ${est['max_cost_usd']} (models {est['models']}); "
+            f"remaining budget ${summary['plan']['remaining_budget_usd']}; nothing was called or billed"
+        )
         return
     if output is not None:
         _export(Path(summary["output"]), output)
@@ -183,12 +196,15 @@ def _export(results: Path, output: Path) -> None:
 def _print_summary(summary: dict[str, Any]) -> None:
     c = summary["counts"]
     typer.echo(f"run {summary['run_id']}  prompt {summary['prompt']}")
-    typer.echo(f"rows processed: {summary['records']}  ok={c['ok']} blocked={c['blocked']} denied={c['denied']} "
-               f"failed={c['failed']} deferred={c['deferred']}")
+    typer.echo(
+        f"rows processed: {summary['records']}  ok={c['ok']} blocked={c['blocked']} denied={c['denied']} "
+        f"failed={c['failed']} deferred={c['deferred']}"
+    )
     for dept, cost in sorted(summary["cost_by_department"].items()):
         typer.echo(f"cost {dept}: ${cost}")
-    typer.echo(f"outputs: {summary['output']}" + (f"  (exported to {summary['exported']})" if "exported" in summary
-                                                   else ""))
+    typer.echo(
+        f"outputs: {summary['output']}" + (f"  (exported to {summary['exported']})" if "exported" in summary else "")
+    )
     typer.echo(f"ledger: {summary['ledger']}  dead letters: {summary['dead_letters']}")
 
 
@@ -216,16 +232,25 @@ def sim_serve(
     from llmops.simulator import SimConfig, serve
 
     s = _settings()
-    cfg = SimConfig(host=host, port=port or s.simulator_port, rpm=rpm, tpm=tpm, latency_scale=latency_scale,
-                    error_rate=error_rate, timeout_rate=timeout_rate, seed=seed,
-                    api_key=s.simulator_api_key.get_secret_value())
+    cfg = SimConfig(
+        host=host,
+        port=port or s.simulator_port,
+        rpm=rpm,
+        tpm=tpm,
+        latency_scale=latency_scale,
+        error_rate=error_rate,
+        timeout_rate=timeout_rate,
+        seed=seed,
+        api_key=s.simulator_api_key.get_secret_value(),
+    )
     typer.echo(f"simulator on http://{cfg.host}:{cfg.port}/v1 (models: sim-small, sim-medium, sim-large)")
     serve(cfg)
 
 
 @mail_app.command("serve")
-def mail_serve(port: Annotated[int | None, typer.Option()] = None,
-               folder: Annotated[Path | None, typer.Option("--dir")] = None) -> None:
+def mail_serve(
+    port: Annotated[int | None, typer.Option()] = None, folder: Annotated[Path | None, typer.Option("--dir")] = None
+) -> None:
     """Run the SMTP sink; every mail becomes an .eml file."""
     import time
 
@@ -259,14 +284,15 @@ def check_config() -> None:
     s = _settings()
     p = load_policy(s.policy_path)
     lib = _library()
-    typer.echo(f"ok  {s.policy_path}: {len(p.departments)} departments, {len(p.people)} people, "
-               f"{len(p.models)} models")
+    typer.echo(f"ok  {s.policy_path}: {len(p.departments)} departments, {len(p.people)} people, {len(p.models)} models")
     typer.echo(f"ok  {s.prompts_path}: {len(lib.names())} prompts")
 
 
 @budget_app.command("show")
-def budget_show(department: Annotated[str | None, typer.Option()] = None,
-                month: Annotated[str | None, typer.Option(help="YYYY-MM")] = None) -> None:
+def budget_show(
+    department: Annotated[str | None, typer.Option()] = None,
+    month: Annotated[str | None, typer.Option(help="YYYY-MM")] = None,
+) -> None:
     """Budget, spent, reserved and remaining per department."""
     from llmops.budget import Budget
     from llmops.errors import RequestError
@@ -279,9 +305,11 @@ def budget_show(department: Annotated[str | None, typer.Option()] = None,
         raise RequestError(f"unknown department {department!r}", f"use one of: {', '.join(policy.departments)}")
     b = Budget(Ledger(s.ledger_database_url), policy, s.timezone)
     for d in [department] if department else sorted(policy.departments):
-        u = b.usage(d, month)  # type: ignore[arg-type]
-        typer.echo(f"{d:12} {u['month']}  budget ${u['budget_usd']:.2f}  spent ${u['spent_usd']:.6f}  "
-                   f"reserved ${u['reserved_usd']:.6f}  used {u['used_ratio']:.1%}")
+        u = b.usage(d, month)
+        typer.echo(
+            f"{d:12} {u['month']}  budget ${u['budget_usd']:.2f}  spent ${u['spent_usd']:.6f}  "
+            f"reserved ${u['reserved_usd']:.6f}  used {u['used_ratio']:.1%}"
+        )
 
 
 @app.command("demo")

@@ -36,7 +36,9 @@ log = logging.getLogger("llmops.gateway")
 
 
 class Provider:  # structural type of the call stage (LiteLLMProvider, or a test double transport)
-    def complete(self, entry: Any, messages: list[dict[str, str]], params: dict[str, Any], timeout: float) -> Completion:
+    def complete(
+        self, entry: Any, messages: list[dict[str, str]], params: dict[str, Any], timeout: float
+    ) -> Completion:
         raise NotImplementedError
 
 
@@ -154,15 +156,26 @@ class Gateway:
                 )
                 if not res.ok:
                     self.ledger.upsert_call(
-                        s, key, **fields, status=Status.BUDGET_EXCEEDED, reserved_nanousd=0,
+                        s,
+                        key,
+                        **fields,
+                        status=Status.BUDGET_EXCEEDED,
+                        reserved_nanousd=0,
                         reasons="; ".join([*reasons, res.reason]),
                     )
                     result = Result(
-                        Status.BUDGET_EXCEEDED, req.record_key, key, call_id, pv.ref, model,
-                        reasons=[*reasons, res.reason], findings=verdict.findings,
+                        Status.BUDGET_EXCEEDED,
+                        req.record_key,
+                        key,
+                        call_id,
+                        pv.ref,
+                        model,
+                        reasons=[*reasons, res.reason],
+                        findings=verdict.findings,
                     )
-                    log_call(result, user=req.user, department=req.department, prompt=pv.name,
-                             prompt_excerpt=prompt_excerpt)
+                    log_call(
+                        result, user=req.user, department=req.department, prompt=pv.name, prompt_excerpt=prompt_excerpt
+                    )
                     return result
                 self.ledger.upsert_call(
                     s, key, **fields, status=Status.PENDING, reserved_nanousd=estimate, reasons="; ".join(reasons)
@@ -172,16 +185,33 @@ class Gateway:
             except ProviderError as exc:
                 errors.append(str(exc))
                 with self.ledger.transaction() as s:
-                    self.ledger.upsert_call(s, key, reserved_nanousd=0, status=Status.FAILED,
-                                            reasons="; ".join([*reasons, *errors]))
+                    self.ledger.upsert_call(
+                        s, key, reserved_nanousd=0, status=Status.FAILED, reasons="; ".join([*reasons, *errors])
+                    )
                 if not exc.retryable:
                     break
                 continue
-            return self._settle(ctx, pv.meta.output, model, call_id, completion, reasons, verdict.placeholders,
-                                verdict.findings, prompt_excerpt, inp, out)
+            return self._settle(
+                ctx,
+                pv.meta.output,
+                model,
+                call_id,
+                completion,
+                reasons,
+                verdict.placeholders,
+                verdict.findings,
+                prompt_excerpt,
+                inp,
+                out,
+            )
         with self.ledger.transaction() as s:  # keep model, call_id and attempts of the last call
-            row = self.ledger.upsert_call(s, key, status=Status.FAILED, reserved_nanousd=0,
-                                          reasons="; ".join([*reasons, *[f"call: {e}" for e in errors]]))
+            row = self.ledger.upsert_call(
+                s,
+                key,
+                status=Status.FAILED,
+                reserved_nanousd=0,
+                reasons="; ".join([*reasons, *[f"call: {e}" for e in errors]]),
+            )
         result = _from_row(row, replayed=False)
         log_call(result, user=req.user, department=req.department, prompt=pv.name, prompt_excerpt=prompt_excerpt)
         return result
@@ -198,8 +228,9 @@ class Gateway:
             )
         ).scalar_one()
         if int(used) + estimate > cap:
-            return Reservation(False, f"budget.run_cap: the run's cost cap of ${cap / 1e9:.4f} would be passed", cap,
-                               int(used))
+            return Reservation(
+                False, f"budget.run_cap: the run's cost cap of ${cap / 1e9:.4f} would be passed", cap, int(used)
+            )
         return Reservation(True, "budget.reserved", cap, int(used))
 
     def _call_with_retries(self, entry: Any, messages: list[dict[str, str]], params: dict[str, Any]) -> Completion:
@@ -210,15 +241,25 @@ class Gateway:
             except ProviderError as exc:
                 if not exc.retryable or attempt == retries:
                     raise
-                backoff = min(30.0, 0.25 * (2**attempt)) * random.uniform(0.5, 1.5)  # noqa: S311
+                backoff = min(30.0, 0.25 * (2**attempt)) * random.uniform(0.5, 1.5)
                 delay = max(backoff, exc.retry_after or 0.0)  # never earlier than Retry-After
                 log.info("retrying %s in %.2fs after %s", entry.litellm_model, delay, exc.problem)
                 self._sleep(delay)
         raise AssertionError("unreachable")  # pragma: no cover
 
     def _settle(
-        self, ctx: _Ctx, output_spec: Any, model: str, call_id: str, completion: Completion, reasons: list[str],
-        placeholders: dict[str, str], findings: dict[str, int], prompt_excerpt: str, inp: Any, out: Any,
+        self,
+        ctx: _Ctx,
+        output_spec: Any,
+        model: str,
+        call_id: str,
+        completion: Completion,
+        reasons: list[str],
+        placeholders: dict[str, str],
+        findings: dict[str, int],
+        prompt_excerpt: str,
+        inp: Any,
+        out: Any,
     ) -> Result:
         cost = cost_nano(inp, out, completion.prompt_tokens, completion.completion_tokens)
         report = check_output(completion.text, output_spec)
@@ -229,36 +270,78 @@ class Gateway:
         before, _ = self.ledger.month_usage(dept, month)
         with self.ledger.transaction() as s:
             self.ledger.upsert_call(
-                s, ctx.key, status=status, cost_nanousd=cost, reserved_nanousd=0,
-                prompt_tokens=completion.prompt_tokens, completion_tokens=completion.completion_tokens,
-                latency_ms=completion.latency_ms, output=text, quality_score=report.score,
+                s,
+                ctx.key,
+                status=status,
+                cost_nanousd=cost,
+                reserved_nanousd=0,
+                prompt_tokens=completion.prompt_tokens,
+                completion_tokens=completion.completion_tokens,
+                latency_ms=completion.latency_ms,
+                output=text,
+                quality_score=report.score,
                 reasons="; ".join(all_reasons),
             )
         self.budget.note_settled(dept, month, before, before + cost)
         result = Result(
-            status, ctx.req.record_key, ctx.key, call_id, f"{ctx.base['prompt_name']}@{ctx.base['prompt_version']}",
-            model, text, completion.prompt_tokens, completion.completion_tokens, completion.latency_ms, cost,
-            report.score, all_reasons, findings,
+            status,
+            ctx.req.record_key,
+            ctx.key,
+            call_id,
+            f"{ctx.base['prompt_name']}@{ctx.base['prompt_version']}",
+            model,
+            text,
+            completion.prompt_tokens,
+            completion.completion_tokens,
+            completion.latency_ms,
+            cost,
+            report.score,
+            all_reasons,
+            findings,
         )
-        log_call(result, user=ctx.req.user, department=dept, prompt=ctx.base["prompt_name"],
-                 prompt_excerpt=prompt_excerpt)
+        log_call(
+            result, user=ctx.req.user, department=dept, prompt=ctx.base["prompt_name"], prompt_excerpt=prompt_excerpt
+        )
         return result
 
     def _final(
-        self, ctx: _Ctx, status: Status, reasons: list[str], *, findings: dict[str, int] | None = None,
+        self,
+        ctx: _Ctx,
+        status: Status,
+        reasons: list[str],
+        *,
+        findings: dict[str, int] | None = None,
         prompt_excerpt: str = "",
     ) -> Result:
         call_id = call_id_for(ctx.key, "-")
         with self.ledger.transaction() as s:
             row = self.ledger.upsert_call(
-                s, ctx.key, **ctx.base, call_id=call_id, model=None, provider=None, status=status,
-                reasons="; ".join(reasons), findings=json.dumps(findings or {}, sort_keys=True),
-                prompt_excerpt=prompt_excerpt, reserved_nanousd=0, cost_nanousd=0, prompt_tokens=0,
-                completion_tokens=0, latency_ms=0, output=None, attempts=0,
+                s,
+                ctx.key,
+                **ctx.base,
+                call_id=call_id,
+                model=None,
+                provider=None,
+                status=status,
+                reasons="; ".join(reasons),
+                findings=json.dumps(findings or {}, sort_keys=True),
+                prompt_excerpt=prompt_excerpt,
+                reserved_nanousd=0,
+                cost_nanousd=0,
+                prompt_tokens=0,
+                completion_tokens=0,
+                latency_ms=0,
+                output=None,
+                attempts=0,
             )
         result = _from_row(row, replayed=False)
-        log_call(result, user=ctx.req.user, department=ctx.req.department, prompt=ctx.base["prompt_name"],
-                 prompt_excerpt=prompt_excerpt)
+        log_call(
+            result,
+            user=ctx.req.user,
+            department=ctx.req.department,
+            prompt=ctx.base["prompt_name"],
+            prompt_excerpt=prompt_excerpt,
+        )
         return result
 
     def close(self) -> None:

@@ -102,7 +102,9 @@ def _ipv4(m: str, _t: str, _s: int) -> bool:
 
 _A = re.ASCII
 for _r in (
-    Recognizer("PRIVATE_KEY", re.compile(r"-----BEGIN [A-Z ]*PRIVATE KEY-----[\s\S]*?-----END [A-Z ]*PRIVATE KEY-----")),
+    Recognizer(
+        "PRIVATE_KEY", re.compile(r"-----BEGIN [A-Z ]*PRIVATE KEY-----[\s\S]*?-----END [A-Z ]*PRIVATE KEY-----")
+    ),
     Recognizer(
         "API_KEY",
         re.compile(
@@ -154,21 +156,43 @@ def detect(text: str) -> list[Finding]:
 
 # -- injection ------------------------------------------------------------------------------------
 _INJECTION_RULES: list[tuple[str, re.Pattern[str]]] = [
-    ("injection.override", re.compile(
-        r"\b(ignore|disregard|forget|override)\b[^.\n]{0,40}\b(previous|prior|above|earlier|all|your|system)\b"
-        r"[^.\n]{0,20}\b(instructions?|prompts?|rules|directions|guidelines)\b", re.I)),
-    ("injection.roleplay", re.compile(
-        r"\b(you are now|from now on you are|pretend to be|act as)\b[^.\n]{0,40}"
-        r"\b(dan|jailbroken|unfiltered|developer mode|no (rules|restrictions|limits))\b", re.I)),
-    ("injection.extraction", re.compile(
-        r"\b(reveal|print|show|repeat|output|leak)\b[^.\n]{0,30}\b(system prompt|hidden instructions|"
-        r"initial instructions|your instructions)\b", re.I)),
-    ("injection.markup", re.compile(r"<\s*/?\s*(system|assistant|im_start|im_end)\s*>|\[/?INST\]|^#{2,}\s*system\b",
-                                    re.I | re.M)),
-    ("injection.override_ja", re.compile(
-        r"(以前|前|上記|これまで|今まで)の(指示|命令|ルール|設定)を?(すべて|全て)?(無視|忘れ|破棄)")),
+    (
+        "injection.override",
+        re.compile(
+            r"\b(ignore|disregard|forget|override)\b[^.\n]{0,40}\b(previous|prior|above|earlier|all|your|system)\b"
+            r"[^.\n]{0,20}\b(instructions?|prompts?|rules|directions|guidelines)\b",
+            re.I,
+        ),
+    ),
+    (
+        "injection.roleplay",
+        re.compile(
+            r"\b(you are now|from now on you are|pretend to be|act as)\b[^.\n]{0,40}"
+            r"\b(dan|jailbroken|unfiltered|developer mode|no (rules|restrictions|limits))\b",
+            re.I,
+        ),
+    ),
+    (
+        "injection.extraction",
+        re.compile(
+            r"\b(reveal|print|show|repeat|output|leak)\b[^.\n]{0,30}\b(system prompt|hidden instructions|"
+            r"initial instructions|your instructions)\b",
+            re.I,
+        ),
+    ),
+    (
+        "injection.markup",
+        re.compile(r"<\s*/?\s*(system|assistant|im_start|im_end)\s*>|\[/?INST\]|^#{2,}\s*system\b", re.I | re.M),
+    ),
+    (
+        "injection.override_ja",
+        re.compile(r"(以前|前|上記|これまで|今まで)の(指示|命令|ルール|設定)を?(すべて|全て)?(無視|忘れ|破棄)"),
+    ),
     ("injection.extraction_ja", re.compile(r"システムプロンプト(を|の内容を)?(表示|出力|教え|開示|見せ)")),
-    ("injection.roleplay_ja", re.compile(r"(あなたは今から|これからあなたは).{0,20}(制限|ルール)(の)?(ない|なし|無し)")),
+    (
+        "injection.roleplay_ja",
+        re.compile(r"(あなたは今から|これからあなたは).{0,20}(制限|ルール)(の)?(ない|なし|無し)"),
+    ),
 ]
 
 
@@ -195,7 +219,7 @@ def guard_variables(variables: Mapping[str, Any], policy: GuardPolicy) -> GuardV
     """Screen and redact every string variable of one record. Fails closed."""
     try:
         return _guard(variables, policy)
-    except Exception as exc:  # noqa: BLE001 - fail closed on any guard fault
+    except Exception as exc:
         return GuardVerdict("block", {}, rule=f"guard.error: {type(exc).__name__}")
 
 

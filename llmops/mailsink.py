@@ -15,7 +15,7 @@ class EmlWriter:
         self.folder = folder
         folder.mkdir(parents=True, exist_ok=True)
 
-    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:  # noqa: N802 - aiosmtpd API
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
         stamp = time.strftime("%Y%m%dT%H%M%S")
         path = self.folder / f"{stamp}-{next(_counter):05d}.eml"
         content = envelope.original_content or envelope.content

@@ -62,8 +62,13 @@ def airflow_env(settings: Settings, airflow_home: Path, api_port: int) -> dict[s
                     "conn_type": "smtp",
                     "host": settings.smtp_host,
                     "port": settings.smtp_port,
-                    "extra": {"disable_ssl": True, "disable_tls": True, "from_email": settings.mail_from,
-                              "retry_limit": 0, "timeout": 10},
+                    "extra": {
+                        "disable_ssl": True,
+                        "disable_tls": True,
+                        "from_email": settings.mail_from,
+                        "retry_limit": 0,
+                        "timeout": 10,
+                    },
                 }
             ),
             "LLMOPS_HOME": str(settings.home),
@@ -84,8 +89,9 @@ class Supervisor:
 
     def start(self, name: str, cmd: list[str], env: dict[str, str], cwd: Path) -> None:
         log = open(self.log_dir / f"{name}.log", "ab")  # noqa: SIM115 - lives as long as the process
-        self.procs[name] = subprocess.Popen(cmd, env=env, cwd=cwd, stdout=log, stderr=subprocess.STDOUT,
-                                            start_new_session=True)
+        self.procs[name] = subprocess.Popen(
+            cmd, env=env, cwd=cwd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
 
     def check(self) -> None:
         for name, p in self.procs.items():
@@ -133,17 +139,24 @@ def _password(airflow_home: Path) -> str:
     return str(json.loads(path.read_text())["admin"])
 
 
-def run_up(settings: Settings, *, airflow_port: int = 8080, mlflow_port: int = 5000, trigger: bool = True,
-           block: bool = True) -> int:
+def run_up(
+    settings: Settings, *, airflow_port: int = 8080, mlflow_port: int = 5000, trigger: bool = True, block: bool = True
+) -> int:
     from llmops.ledger import Ledger
 
     data = settings.data_path
     airflow_home = data / "airflow"
-    for port, what in ((airflow_port, "Airflow"), (mlflow_port, "MLflow"), (settings.simulator_port, "simulator"),
-                       (settings.smtp_port, "SMTP sink")):
+    for port, what in (
+        (airflow_port, "Airflow"),
+        (mlflow_port, "MLflow"),
+        (settings.simulator_port, "simulator"),
+        (settings.smtp_port, "SMTP sink"),
+    ):
         if port_open(port):
-            print(f"error: port {port} for the {what} is already in use — fix: stop what uses it "
-                  f"or choose another port", file=sys.stderr)
+            print(
+                f"error: port {port} for the {what} is already in use — fix: stop what uses it or choose another port",
+                file=sys.stderr,
+            )
             return 2
     password = _password(airflow_home)
     Ledger(settings.ledger_database_url).dispose()
@@ -163,17 +176,42 @@ def run_up(settings: Settings, *, airflow_port: int = 8080, mlflow_port: int = 5
         sup.start("simulator", [py, "-m", "llmops", "sim", "serve"], env, settings.home)
         sup.start("mailsink", [py, "-m", "llmops", "mail", "serve"], env, settings.home)
         (data / "mlartifacts").mkdir(parents=True, exist_ok=True)
-        sup.start("mlflow", [str(bindir / "mlflow"), "server", "--backend-store-uri", settings.mlflow_uri,
-                             "--default-artifact-root", str(data / "mlartifacts"), "--host", "127.0.0.1",
-                             "--port", str(mlflow_port), "--workers", "1"], env, settings.home)
+        sup.start(
+            "mlflow",
+            [
+                str(bindir / "mlflow"),
+                "server",
+                "--backend-store-uri",
+                settings.mlflow_uri,
+                "--default-artifact-root",
+                str(data / "mlartifacts"),
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(mlflow_port),
+                "--workers",
+                "1",
+            ],
+            env,
+            settings.home,
+        )
         sup.start("airflow", [str(bindir / "airflow"), "standalone"], env, settings.home)
         print("starting: simulator, SMTP sink, MLflow, Airflow (logs in", sup.log_dir, ")", flush=True)
         _wait("simulator", lambda: httpx.get(f"{settings.simulator_url.removesuffix('/v1')}/health").is_success, sup)
         _wait("SMTP sink", lambda: port_open(settings.smtp_port), sup)
-        _wait("Airflow", lambda: httpx.get(f"{api}/api/v2/monitor/health", timeout=5).json()["scheduler"]["status"]
-              == "healthy", sup, timeout=300)
-        token = _wait("Airflow login", lambda: httpx.post(f"{api}/auth/token", json={
-            "username": "admin", "password": password}, timeout=10).json()["access_token"], sup)
+        _wait(
+            "Airflow",
+            lambda: httpx.get(f"{api}/api/v2/monitor/health", timeout=5).json()["scheduler"]["status"] == "healthy",
+            sup,
+            timeout=300,
+        )
+        token = _wait(
+            "Airflow login",
+            lambda: httpx.post(
+                f"{api}/auth/token", json={"username": "admin", "password": password}, timeout=10
+            ).json()["access_token"],
+            sup,
+        )
         headers = {"Authorization": f"Bearer {token}"}
 
         def dags_loaded() -> list[str]:
@@ -184,8 +222,12 @@ def run_up(settings: Settings, *, airflow_port: int = 8080, mlflow_port: int = 5
         dag_ids = _wait("the llmops DAGs", dags_loaded, sup, timeout=180)
         for dag_id in dag_ids:
             httpx.patch(f"{api}/api/v2/dags/{dag_id}", json={"is_paused": False}, headers=headers, timeout=10)
-        _wait("MLflow", lambda: httpx.get(f"http://127.0.0.1:{mlflow_port}/health", timeout=5).is_success, sup,
-              timeout=180)
+        _wait(
+            "MLflow",
+            lambda: httpx.get(f"http://127.0.0.1:{mlflow_port}/health", timeout=5).is_success,
+            sup,
+            timeout=180,
+        )
         print(f"\nAirflow UI   http://localhost:{airflow_port}   login: admin / {password}", flush=True)
         print(f"MLflow UI    http://localhost:{mlflow_port}")
         print(f"Simulator    {settings.simulator_url}")
@@ -211,8 +253,9 @@ def run_up(settings: Settings, *, airflow_port: int = 8080, mlflow_port: int = 5
 
 
 def _trigger_and_report(api: str, headers: dict[str, str], settings: Settings, sup: Supervisor) -> None:
-    r = httpx.post(f"{api}/api/v2/dags/llm_batch/dagRuns", json={"logical_date": None, "conf": {}},
-                   headers=headers, timeout=30)
+    r = httpx.post(
+        f"{api}/api/v2/dags/llm_batch/dagRuns", json={"logical_date": None, "conf": {}}, headers=headers, timeout=30
+    )
     r.raise_for_status()
     run_id = r.json()["dag_run_id"]
     print(f"\ntriggered llm_batch run {run_id} with the form defaults ...", flush=True)
@@ -236,8 +279,10 @@ def _print_run(settings: Settings, run_id: str) -> bool:
             print("no reconciled batch found for", run_id)
             return False
         counts = json.loads(run.counts)
-        print(f"rows processed: {run.total_rows}  " + " ".join(
-            f"{k}={counts.get(k, 0)}" for k in ("ok", "blocked", "denied", "failed", "deferred")))
+        print(
+            f"rows processed: {run.total_rows}  "
+            + " ".join(f"{k}={counts.get(k, 0)}" for k in ("ok", "blocked", "denied", "failed", "deferred"))
+        )
         for dept, nano in sorted(led.spend_by_department(run_id).items()):
             print(f"cost {dept}: ${usd(nano)}")
         print(f"outputs: {run.output_path}")
@@ -254,9 +299,17 @@ def run_demo(settings: Settings) -> int:
     data = settings.data_path
     airflow_home = data / "airflow-demo"
     env = airflow_env(settings, airflow_home, free_port())
-    for key in ("AIRFLOW_HOME", "AIRFLOW__CORE__DAGS_FOLDER", "AIRFLOW__CORE__PLUGINS_FOLDER",
-                "AIRFLOW__CORE__LOAD_EXAMPLES", "AIRFLOW__CORE__EXECUTOR", "AIRFLOW_CONN_SMTP_DEFAULT", "LLMOPS_HOME",
-                "LITELLM_LOCAL_MODEL_COST_MAP", "MLFLOW_DISABLE_TELEMETRY"):
+    for key in (
+        "AIRFLOW_HOME",
+        "AIRFLOW__CORE__DAGS_FOLDER",
+        "AIRFLOW__CORE__PLUGINS_FOLDER",
+        "AIRFLOW__CORE__LOAD_EXAMPLES",
+        "AIRFLOW__CORE__EXECUTOR",
+        "AIRFLOW_CONN_SMTP_DEFAULT",
+        "LLMOPS_HOME",
+        "LITELLM_LOCAL_MODEL_COST_MAP",
+        "MLFLOW_DISABLE_TELEMETRY",
+    ):
         os.environ[key] = env[key]
     sim = run_in_thread(SimConfig(port=0, api_key=settings.simulator_api_key.get_secret_value()))
     os.environ["LLMOPS_SIMULATOR_PORT"] = str(sim.port)

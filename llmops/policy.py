@@ -49,7 +49,7 @@ class Person(_Strict):
 class Role(_Strict):
     prompts: list[str] = Field(default_factory=list, description="glob patterns of prompt names")
     models: list[str] = Field(default_factory=list, description="glob patterns of catalog model names")
-    data_classes: list[DataClass] = Field(default_factory=lambda: ["public", "internal"])
+    data_classes: list[DataClass] = ["public", "internal"]
 
 
 class ModelEntry(_Strict):
@@ -83,9 +83,11 @@ class Routing(_Strict):
     default_priority: Priority = "balanced"
     default_models: list[str] = Field(min_length=1)
     fallback_depth: int = Field(2, ge=0, le=5)
-    balanced_weights: dict[Literal["quality", "cost", "speed"], float] = Field(
-        default_factory=lambda: {"quality": 0.5, "cost": 0.3, "speed": 0.2}
-    )
+    balanced_weights: dict[Literal["quality", "cost", "speed"], float] = {
+        "quality": 0.5,
+        "cost": 0.3,
+        "speed": 0.2,
+    }
 
 
 class GuardPolicy(_Strict):
@@ -151,9 +153,7 @@ class Policy(_Strict):
         try:
             return self.models[name]
         except KeyError:
-            raise ConfigError(
-                f"unknown model {name!r}", f"use one of: {', '.join(sorted(self.models))}"
-            ) from None
+            raise ConfigError(f"unknown model {name!r}", f"use one of: {', '.join(sorted(self.models))}") from None
 
 
 class _RefError(ValueError):
@@ -169,11 +169,9 @@ class _UniqueKeyLoader(yaml.SafeLoader):
 def _construct_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
     seen: set[Any] = set()
     for key_node, _ in node.value:
-        key = loader.construct_object(key_node, deep=deep)  # type: ignore[no-untyped-call]
+        key = loader.construct_object(key_node, deep=deep)
         if key in seen:
-            raise yaml.constructor.ConstructorError(
-                None, None, f"duplicate key {key!r}", key_node.start_mark
-            )
+            raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}", key_node.start_mark)
         seen.add(key)
     return loader.construct_mapping(node, deep=deep)
 

@@ -67,7 +67,7 @@ class PromptMeta(_Strict):
     owner: str
     task_type: Literal["classification", "summarization", "extraction", "generation", "analysis", "evaluation"]
     variables: dict[str, Variable]
-    output: OutputSpec = Field(default_factory=OutputSpec)
+    output: OutputSpec = Field(default_factory=lambda: OutputSpec.model_validate({}))
     parameters: dict[str, Any] = Field(default_factory=lambda: {"temperature": 0.0, "max_tokens": 512})
     aliases: dict[str, str] = Field(default_factory=dict)
     candidate_models: list[str] = Field(default_factory=list)

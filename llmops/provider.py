@@ -105,7 +105,7 @@ class LiteLLMProvider:
                 **creds,
                 **params,
             )
-        except Exception as exc:  # noqa: BLE001 - wrapped at the boundary
+        except Exception as exc:
             raise _wrap(exc, entry) from None
         latency = int((time.perf_counter() - started) * 1000)
         choice = resp.choices[0]

@@ -103,9 +103,7 @@ class Router:
         depth = self.policy.routing.fallback_depth
         return RouteDecision(best, tuple(ranked[1 : 1 + depth]), why)
 
-    def _rank(
-        self, names: list[str], prio: Priority, meta: PromptMeta, cost: Callable[[str], Decimal]
-    ) -> list[str]:
+    def _rank(self, names: list[str], prio: Priority, meta: PromptMeta, cost: Callable[[str], Decimal]) -> list[str]:
         if prio == "cost":
             return sorted(names, key=lambda n: (cost(n), n))
         if prio == "speed":

@@ -15,8 +15,13 @@ from tests.conftest import ROOT, write_policy
 
 
 def _spec(**kw) -> BatchSpec:
-    base = dict(prompt="support_ticket_classify@production", input="sample:support_tickets.csv",
-                department="support", user="hana.sato@example.com", run_id="b1")
+    base = dict(
+        prompt="support_ticket_classify@production",
+        input="sample:support_tickets.csv",
+        department="support",
+        user="hana.sato@example.com",
+        run_id="b1",
+    )
     base.update(kw)
     return BatchSpec(**base)
 
@@ -44,7 +49,8 @@ def test_sql_table_input(gateway: Gateway, tmp_path: Path):
     db = tmp_path / "src.db"
     eng = create_engine(f"sqlite:///{db}")
     pd.DataFrame({"id": ["a", "b"], "subject": ["Refund", "Crash"], "body": ["refund my charge", "app crash"]}).to_sql(
-        "tickets", eng, index=False)
+        "tickets", eng, index=False
+    )
     eng.dispose()
     summary = run_batch(gateway, _spec(input=f"sqlite:///{db}#tickets", run_id="sql"))
     assert summary["counts"]["ok"] == 2

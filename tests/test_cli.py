@@ -14,10 +14,12 @@ from tests.conftest import ROOT
 
 
 def _run(args: list[str], tmp_path: Path, sim) -> subprocess.CompletedProcess[str]:
-    env = dict(os.environ, LLMOPS_DATA_DIR=str(tmp_path / "data"), LLMOPS_SIMULATOR_PORT=str(sim.port),
-               LLMOPS_HOME=str(ROOT))
-    return subprocess.run([sys.executable, "-m", "llmops", *args], env=env, capture_output=True, text=True,
-                          timeout=300, cwd=tmp_path)
+    env = dict(
+        os.environ, LLMOPS_DATA_DIR=str(tmp_path / "data"), LLMOPS_SIMULATOR_PORT=str(sim.port), LLMOPS_HOME=str(ROOT)
+    )
+    return subprocess.run(
+        [sys.executable, "-m", "llmops", *args], env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path
+    )
 
 
 BASE = ["batch", "run", "--department", "support", "--user", "hana.sato@example.com"]
@@ -25,16 +27,30 @@ BASE = ["batch", "run", "--department", "support", "--user", "hana.sato@example.
 
 def test_batch_run_from_cli(tmp_path: Path, sim):
     out = tmp_path / "out.csv"
-    r = _run([*BASE, "--prompt", "support_ticket_classify@production", "--input", "sample:support_tickets.csv",
-              "--output", str(out)], tmp_path, sim)
+    r = _run(
+        [
+            *BASE,
+            "--prompt",
+            "support_ticket_classify@production",
+            "--input",
+            "sample:support_tickets.csv",
+            "--output",
+            str(out),
+        ],
+        tmp_path,
+        sim,
+    )
     assert r.returncode == 0, r.stderr
     assert "rows processed: 25" in r.stdout and "ok=24 blocked=1" in r.stdout and "cost support: $" in r.stdout
     assert len(pd.read_csv(out)) == 25
 
 
 def test_dry_run(tmp_path: Path, sim):
-    r = _run([*BASE, "--prompt", "support_ticket_classify", "--input", "sample:support_tickets.csv", "--dry-run"],
-             tmp_path, sim)
+    r = _run(
+        [*BASE, "--prompt", "support_ticket_classify", "--input", "sample:support_tickets.csv", "--dry-run"],
+        tmp_path,
+        sim,
+    )
     assert r.returncode == 0 and "nothing was called or billed" in r.stdout
 
 
@@ -62,11 +78,39 @@ def test_bad_input_is_one_line_and_non_zero(tmp_path: Path, sim, args, needle):
 
 
 def test_unknown_department_and_user(tmp_path: Path, sim):
-    r = _run(["batch", "run", "--department", "marketing", "--user", "hana.sato@example.com", "--prompt",
-              "support_ticket_classify", "--input", "sample:support_tickets.csv"], tmp_path, sim)
+    r = _run(
+        [
+            "batch",
+            "run",
+            "--department",
+            "marketing",
+            "--user",
+            "hana.sato@example.com",
+            "--prompt",
+            "support_ticket_classify",
+            "--input",
+            "sample:support_tickets.csv",
+        ],
+        tmp_path,
+        sim,
+    )
     assert r.returncode == 2 and "unknown department 'marketing'" in r.stderr
-    r = _run(["batch", "run", "--department", "support", "--user", "eve@example.com", "--prompt",
-              "support_ticket_classify", "--input", "sample:support_tickets.csv"], tmp_path, sim)
+    r = _run(
+        [
+            "batch",
+            "run",
+            "--department",
+            "support",
+            "--user",
+            "eve@example.com",
+            "--prompt",
+            "support_ticket_classify",
+            "--input",
+            "sample:support_tickets.csv",
+        ],
+        tmp_path,
+        sim,
+    )
     assert r.returncode == 2 and "unknown user 'eve@example.com'" in r.stderr
 
 

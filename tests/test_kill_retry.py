@@ -31,13 +31,26 @@ print(json.dumps(run_chunk(Gateway(load_settings()), plan, 0)))
 def test_sigkill_mid_chunk_then_retry(tmp_path: Path):
     srv = run_in_thread(SimConfig(port=0, latency_scale=8, api_key=SIM_KEY))  # ~0.4 s per call
     try:
-        env = dict(os.environ, LLMOPS_DATA_DIR=str(tmp_path / "data"), LLMOPS_SIMULATOR_PORT=str(srv.port),
-                   LLMOPS_CONCURRENCY="2", LLMOPS_HOME=str(ROOT))
+        env = dict(
+            os.environ,
+            LLMOPS_DATA_DIR=str(tmp_path / "data"),
+            LLMOPS_SIMULATOR_PORT=str(srv.port),
+            LLMOPS_CONCURRENCY="2",
+            LLMOPS_HOME=str(ROOT),
+        )
         settings = load_settings(home=ROOT, data_dir=tmp_path / "data", simulator_port=srv.port)
         gw = Gateway(settings)
-        plan = plan_batch(gw, BatchSpec(prompt="support_ticket_classify", input="sample:support_tickets.csv",
-                                        department="support", user="hana.sato@example.com", run_id="killme",
-                                        chunk_size=100))
+        plan = plan_batch(
+            gw,
+            BatchSpec(
+                prompt="support_ticket_classify",
+                input="sample:support_tickets.csv",
+                department="support",
+                user="hana.sato@example.com",
+                run_id="killme",
+                chunk_size=100,
+            ),
+        )
         plan_file = tmp_path / "plan.json"
         plan_file.write_text(json.dumps(plan))
 
@@ -50,13 +63,17 @@ def test_sigkill_mid_chunk_then_retry(tmp_path: Path):
             time.sleep(0.05)
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait()
-        snapshot = {r.request_key: (r.status, r.cost_nanousd, r.updated_at, r.attempts)
-                    for r in gw.ledger.run_rows("killme") if is_final(r)}
+        snapshot = {
+            r.request_key: (r.status, r.cost_nanousd, r.updated_at, r.attempts)
+            for r in gw.ledger.run_rows("killme")
+            if is_final(r)
+        }
         assert 6 <= len(snapshot) < 25, "the kill must land mid-chunk"
         assert not (Path(plan["output_dir"]) / "part-00000.parquet").exists()
 
-        retry = subprocess.run([sys.executable, "-c", CHUNK, str(plan_file)], env=env, capture_output=True,
-                               text=True, timeout=300)
+        retry = subprocess.run(
+            [sys.executable, "-c", CHUNK, str(plan_file)], env=env, capture_output=True, text=True, timeout=300
+        )
         assert retry.returncode == 0, retry.stderr[-2000:]
         summary = reconcile(gw, plan)
         assert sum(summary["counts"].values()) == 25 and summary["counts"]["ok"] == 24

@@ -16,7 +16,8 @@ def lib() -> PromptLibrary:
 
 def test_shipped_prompts_and_golden_sets(lib: PromptLibrary):
     assert {"contract_review", "email_generation", "support_ticket_classify", "meeting_notes_summary_ja"} <= set(
-        lib.names())
+        lib.names()
+    )
     assert [str(v.version) for v in lib.versions("contract_review")] == ["1.0.0", "2.0.0", "3.0.0"]
     for name in lib.names():
         lines = (ROOT / "prompts" / name / "eval" / "golden.jsonl").read_text().splitlines()
@@ -28,7 +29,7 @@ def test_refs(lib: PromptLibrary):
     assert lib.resolve("contract_review@production").ref == "contract_review@2.0.0"
     assert lib.resolve("contract_review").ref == "contract_review@2.0.0"  # bare name = production
     assert lib.resolve("contract_review@1.0.0").ref == "contract_review@1.0.0"
-    with pytest.raises(PromptError, match="no version 9.9.9"):
+    with pytest.raises(PromptError, match=r"no version 9\.9\.9"):
         lib.resolve("contract_review@9.9.9")
     with pytest.raises(PromptError, match="unknown alias 'canary'"):
         lib.resolve("contract_review@canary")
@@ -41,7 +42,8 @@ def _mini(tmp_path: Path, versions: list[str], body: str = "Hello {{ who }}") ->
     d.mkdir(parents=True)
     (d / "prompt.yaml").write_text(
         "name: greet\ndescription: d\nowner: o\ntask_type: generation\n"
-        "variables:\n  who: {type: string, max_length: 50}\n")
+        "variables:\n  who: {type: string, max_length: 50}\n"
+    )
     for v in versions:
         (d / f"{v}.j2").write_text(body)
     return PromptLibrary(tmp_path, max_rendered_chars=1000)
@@ -66,7 +68,7 @@ def test_render_is_strict(lib: PromptLibrary):
 
 def test_sandbox_blocks_ssti_and_huge_output(tmp_path: Path):
     lib = _mini(tmp_path, ["1.0.0"], body="{{ who.__class__.__mro__ }}")
-    with pytest.raises(RenderError, match="sandbox|unsafe|attribute"):
+    with pytest.raises(RenderError, match=r"sandbox|unsafe|attribute"):
         lib.render("greet", {"who": "x"})
     lib2 = _mini(tmp_path / "b", ["1.0.0"], body="{{ 'a' * 50000000 }}")
     with pytest.raises(RenderError, match="sandbox"):

@@ -41,15 +41,25 @@ def test_bad_value_is_one_line(tmp_path: Path):
 
 
 def test_dangling_department_reference(tmp_path: Path):
-    p = write_policy(tmp_path / "p.yaml", **{"people/hana.sato@example.com": {"department": "nope", "roles": ["analyst"]}})
+    p = write_policy(
+        tmp_path / "p.yaml", **{"people/hana.sato@example.com": {"department": "nope", "roles": ["analyst"]}}
+    )
     with pytest.raises(ConfigError, match="unknown department 'nope'"):
         load_policy(p)
 
 
 def test_unpriced_model_fails_to_load(tmp_path: Path):
-    p = write_policy(tmp_path / "p.yaml", **{"models/local": {
-        "litellm_model": "openai/my-local-llm", "provider": "openai_compatible", "context_window": 4096}})
-    with pytest.raises(ConfigError, match="no price.*never a silent \\$0"):
+    p = write_policy(
+        tmp_path / "p.yaml",
+        **{
+            "models/local": {
+                "litellm_model": "openai/my-local-llm",
+                "provider": "openai_compatible",
+                "context_window": 4096,
+            }
+        },
+    )
+    with pytest.raises(ConfigError, match=r"no price.*never a silent \$0"):
         load_policy(p)
 
 

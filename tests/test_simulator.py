@@ -7,14 +7,15 @@ from llmops.simulator import SimConfig, run_in_thread
 from llmops.tokens import count_messages, count_text
 from tests.conftest import SIM_KEY
 
-MSGS = [{"role": "system", "content": "Summarise in 2 sentences."},
-        {"role": "user", "content": "<record>Alpha beta gamma. Delta epsilon. Zeta eta theta.</record>"}]
+MSGS = [
+    {"role": "system", "content": "Summarise in 2 sentences."},
+    {"role": "user", "content": "<record>Alpha beta gamma. Delta epsilon. Zeta eta theta.</record>"},
+]
 
 
 def _post(url: str, key: str = SIM_KEY, **body):
     payload = {"model": "sim-small", "messages": MSGS, "max_tokens": 50, **body}
-    return httpx.post(f"{url}/chat/completions", json=payload, headers={"Authorization": f"Bearer {key}"},
-                      timeout=30)
+    return httpx.post(f"{url}/chat/completions", json=payload, headers={"Authorization": f"Bearer {key}"}, timeout=30)
 
 
 def test_chat_completion_counts_tokens(sim):
@@ -60,16 +61,22 @@ def test_litellm_reaches_the_simulator_over_http(sim):
     from llmops.provider import litellm_module
 
     litellm = litellm_module()
-    r = litellm.completion(model="openai/sim-medium", api_base=sim.url, api_key=SIM_KEY, messages=MSGS,
-                           max_tokens=40, num_retries=0)
+    r = litellm.completion(
+        model="openai/sim-medium", api_base=sim.url, api_key=SIM_KEY, messages=MSGS, max_tokens=40, num_retries=0
+    )
     assert r.choices[0].message.content
     assert r.usage.prompt_tokens == count_messages(MSGS)
 
 
 @pytest.mark.parametrize("model", ["sim-small", "sim-medium", "sim-large"])
 def test_classification_is_honest_and_deterministic(sim, model):
-    msgs = [{"role": "user", "content": "Answer with JSON.\nCategories:\n- billing: refund, charge\n"
-             "- shipping: parcel, delivery\n<record>Subject: shipping is late\nThe parcel delivery is late.</record>"}]
+    msgs = [
+        {
+            "role": "user",
+            "content": "Answer with JSON.\nCategories:\n- billing: refund, charge\n"
+            "- shipping: parcel, delivery\n<record>Subject: shipping is late\nThe parcel delivery is late.</record>",
+        }
+    ]
     out1 = _post(sim.url, model=model, messages=msgs).json()["choices"][0]["message"]["content"]
     out2 = _post(sim.url, model=model, messages=msgs).json()["choices"][0]["message"]["content"]
     assert out1 == out2 and '"shipping"' in out1

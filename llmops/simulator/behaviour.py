@@ -19,9 +19,12 @@ from dataclasses import dataclass
 
 _WORD = re.compile(r"[A-Za-z0-9]+|[\u3040-\u30ff\u3400-\u9fff]+")
 _STOP = frozenset(
-    "the a an and or of to in on for with is are was were be been it this that as at by from we you i our "
-    "your their they he she them his her not no please can could would should will just have has had do does "
-    "did so if but about into than then there here what which who when where how all any some".split()
+    (
+        "the a an and or of to in on for with is are was were be been it this that as at by from we you "
+        "i our your their they he she them his her not no please can could would should will just have "
+        "has had do does did so if but about into than then there here what which who when where how "
+        "all any some "
+    ).split()
 )
 
 

@@ -92,8 +92,9 @@ class _Limits:
 
 
 def _error(status: int, message: str, kind: str, headers: dict[str, str] | None = None) -> web.Response:
-    return web.json_response({"error": {"message": message, "type": kind, "code": status}}, status=status,
-                             headers=headers)
+    return web.json_response(
+        {"error": {"message": message, "type": kind, "code": status}}, status=status, headers=headers
+    )
 
 
 def build_app(config: SimConfig) -> web.Application:
@@ -103,8 +104,9 @@ def build_app(config: SimConfig) -> web.Application:
 
     def limits_for(model: SimModel) -> _Limits:
         if model.name not in limits:
-            rpm, tpm = config.model_limits.get(model.name, (config.rpm or model.default_rpm,
-                                                            config.tpm or model.default_tpm))
+            rpm, tpm = config.model_limits.get(
+                model.name, (config.rpm or model.default_rpm, config.tpm or model.default_tpm)
+            )
             limits[model.name] = _Limits(rpm, tpm)
         return limits[model.name]
 
@@ -141,8 +143,11 @@ def build_app(config: SimConfig) -> web.Application:
             return _error(504, "upstream timeout", "timeout")
         if roll < config.timeout_rate + config.error_rate:
             stats["errors"] += 1
-            return _error(503 if roll < config.timeout_rate + config.error_rate / 2 else 500,
-                          "simulated server error", "server_error")
+            return _error(
+                503 if roll < config.timeout_rate + config.error_rate / 2 else 500,
+                "simulated server error",
+                "server_error",
+            )
         text = answer(model, messages)
         text, cut = truncate(text, max_tokens)
         completion_tokens = count_text(text)
@@ -157,17 +162,29 @@ def build_app(config: SimConfig) -> web.Application:
                 "object": "chat.completion",
                 "created": int(time.time()),
                 "model": name,
-                "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
-                             "finish_reason": "length" if cut else "stop"}],
-                "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-                          "total_tokens": prompt_tokens + completion_tokens},
+                "choices": [
+                    {
+                        "index": 0,
+                        "message": {"role": "assistant", "content": text},
+                        "finish_reason": "length" if cut else "stop",
+                    }
+                ],
+                "usage": {
+                    "prompt_tokens": prompt_tokens,
+                    "completion_tokens": completion_tokens,
+                    "total_tokens": prompt_tokens + completion_tokens,
+                },
             },
             headers=headers,
         )
 
     async def models(_request: web.Request) -> web.Response:
-        return web.json_response({"object": "list", "data": [
-            {"id": m, "object": "model", "created": 0, "owned_by": "llmops-simulator"} for m in MODELS]})
+        return web.json_response(
+            {
+                "object": "list",
+                "data": [{"id": m, "object": "model", "created": 0, "owned_by": "llmops-simulator"} for m in MODELS],
+            }
+        )
 
     async def health(_request: web.Request) -> web.Response:
         return web.json_response({"status": "ok", **stats})
@@ -185,8 +202,9 @@ def serve(config: SimConfig) -> None:
 
 
 class _Running:
-    def __init__(self, loop: asyncio.AbstractEventLoop, runner: web.AppRunner, thread: threading.Thread,
-                 port: int) -> None:
+    def __init__(
+        self, loop: asyncio.AbstractEventLoop, runner: web.AppRunner, thread: threading.Thread, port: int
+    ) -> None:
         self.loop, self.runner, self.thread, self.port = loop, runner, thread, port
 
     @property
