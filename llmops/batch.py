@@ -311,7 +311,7 @@ def run_chunk(gw: Gateway, plan: dict[str, Any], index: int) -> dict[str, Any]:
             data_class=plan["data_class"],
         )
         if stop.is_set():
-            return _defer(gw, req, "budget: batch stopped after the budget's hard stop")
+            return gw.defer(req, "budget: batch stopped after the budget's hard stop")
         if coerce_error:
             req = Request(**{**req.__dict__, "variables": {}})
             result = gw.process(req, run_cost_cap_nano=cap)
@@ -339,47 +339,6 @@ def run_chunk(gw: Gateway, plan: dict[str, Any], index: int) -> dict[str, Any]:
         "part": str(part),
         "cost_usd": str(sum((r.cost_usd for r in results), Decimal(0))),
     }
-
-
-def _defer(gw: Gateway, req: Request, reason: str) -> Result:
-    from llmops.ledger import is_final
-
-    pv = gw.library.resolve(req.prompt)
-    key = req.request_key(pv.ref)
-    existing = gw.ledger.get(key)
-    if existing is not None and is_final(existing):
-        return gw.process(req)  # replay
-    base = {
-        "run_id": req.run_id,
-        "record_key": req.record_key,
-        "purpose": req.purpose,
-        "user": req.user,
-        "department": req.department,
-        "prompt_name": pv.name,
-        "prompt_version": str(pv.version),
-        "budget_month": gw.budget.month(),
-    }
-    from llmops.types import call_id_for
-
-    with gw.ledger.transaction() as s:
-        gw.ledger.upsert_call(
-            s,
-            key,
-            **base,
-            call_id=call_id_for(key, "-"),
-            status=Status.DEFERRED,
-            reasons=reason,
-            findings="{}",
-            prompt_excerpt="",
-            reserved_nanousd=0,
-            cost_nanousd=0,
-            prompt_tokens=0,
-            completion_tokens=0,
-            latency_ms=0,
-            output=None,
-            attempts=0,
-        )
-    return Result(Status.DEFERRED, req.record_key, key, prompt_version=pv.ref, reasons=[reason])
 
 
 def _output_row(r: Result) -> dict[str, Any]:

@@ -79,16 +79,7 @@ class Gateway:
         existing = self.ledger.get(key)
         if existing is not None and is_final(existing):
             return _from_row(existing, replayed=True)
-        base = {
-            "run_id": req.run_id,
-            "record_key": req.record_key,
-            "purpose": req.purpose,
-            "user": req.user,
-            "department": req.department,
-            "prompt_name": pv.name,
-            "prompt_version": str(pv.version),
-            "budget_month": self.budget.month(),
-        }
+        base = self._base(req, pv)
         ctx = _Ctx(req, key, base)
 
         decision = check_request(self.policy, req.user, req.department, pv.name, req.data_class)
@@ -215,6 +206,27 @@ class Gateway:
         result = _from_row(row, replayed=False)
         log_call(result, user=req.user, department=req.department, prompt=pv.name, prompt_excerpt=prompt_excerpt)
         return result
+
+    def defer(self, req: Request, reason: str) -> Result:
+        """Record a request as deferred without calling anything (its batch stopped at the budget)."""
+        pv = self.library.resolve(req.prompt)
+        key = req.request_key(pv.ref)
+        existing = self.ledger.get(key)
+        if existing is not None and is_final(existing):
+            return _from_row(existing, replayed=True)
+        return self._final(_Ctx(req, key, self._base(req, pv)), Status.DEFERRED, [reason])
+
+    def _base(self, req: Request, pv: Any) -> dict[str, Any]:
+        return {
+            "run_id": req.run_id,
+            "record_key": req.record_key,
+            "purpose": req.purpose,
+            "user": req.user,
+            "department": req.department,
+            "prompt_name": pv.name,
+            "prompt_version": str(pv.version),
+            "budget_month": self.budget.month(),
+        }
 
     # -- stages ---------------------------------------------------------------------------------
     def _check_run_cap(self, s: Any, run_id: str, key: str, estimate: int, cap: int) -> Any:

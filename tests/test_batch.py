@@ -104,3 +104,44 @@ def test_cost_cap_refused_up_front(gateway: Gateway):
     with pytest.raises(BudgetExceededError, match="cost cap"):
         run_batch(gateway, _spec(cost_cap_usd=0.00001))
     assert _ledger_rows(gateway) == 0
+
+
+def test_budget_stop_mid_batch_defers_the_rest(tmp_path: Path, sim):
+    from llmops.batch import plan_batch, reconcile, run_chunk
+
+    policy_file = write_policy(tmp_path / "p.yaml", **{"departments/support/monthly_budget_usd": 0.01})
+    st = load_settings(home=ROOT, data_dir=tmp_path / "d", simulator_port=sim.port, policy_file=policy_file)
+    gw = Gateway(st)
+    plan = plan_batch(gw, _spec(run_id="defer"))
+    with gw.ledger.transaction() as s:  # meanwhile another job spends all but $0.0002 of the budget
+        gw.ledger.upsert_call(
+            s,
+            "other-job",
+            call_id="other-job",
+            run_id="other",
+            record_key="x",
+            purpose="batch",
+            user="hana.sato@example.com",
+            department="support",
+            prompt_name="p",
+            prompt_version="1",
+            status="ok",
+            cost_nanousd=gw.budget.limit_nano("support") - 200_000,
+            budget_month=gw.budget.month(),
+            reasons="",
+            findings="{}",
+            prompt_excerpt="",
+            reserved_nanousd=0,
+            prompt_tokens=0,
+            completion_tokens=0,
+            latency_ms=0,
+            attempts=1,
+        )
+    run_chunk(gw, plan, 0)
+    summary = reconcile(gw, plan)
+    c = summary["counts"]
+    assert sum(c.values()) == 25
+    assert c["deferred"] > 0 and c["ok"] >= 1 and c["failed"] == 0
+    assert summary["dead_letters"] == c["deferred"]
+    spent, reserved = gw.ledger.month_usage("support", gw.budget.month())
+    assert reserved == 0 and spent <= gw.budget.limit_nano("support")  # the hard stop held
