@@ -6,7 +6,7 @@ export LITELLM_LOCAL_MODEL_COST_MAP := True
 export MLFLOW_DISABLE_TELEMETRY := true
 export UV_PYTHON := $(PYTHON)
 
-.PHONY: up test demo install lint typecheck clean
+.PHONY: up test demo install browser lint clean
 
 $(UV): requirements-uv.txt
 	$(PYTHON) -m venv .tools/uv
@@ -19,13 +19,20 @@ $(UV): requirements-uv.txt
 
 install: .venv/.synced
 
+# Headless Chromium for the browser tests (Debian package; Playwright drives it, it never downloads one).
+browser:
+	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || { \
+	  [ "$$(id -u)" = 0 ] || { echo "error: Chromium is needed for the browser tests — fix: sudo apt-get install chromium" >&2; exit 1; }; \
+	  echo "installing Chromium (Debian package) for the browser tests ..."; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
+
 up: .venv/.synced
 	.venv/bin/llmops up
 
 demo: .venv/.synced
 	.venv/bin/llmops demo
 
-test: .venv/.synced
+test: .venv/.synced browser
 	.venv/bin/pytest $(PYTEST_ARGS)
 
 lint: .venv/.synced

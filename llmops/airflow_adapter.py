@@ -40,10 +40,25 @@ def _guarded(fn: Callable[[], T]) -> T:
         raise AirflowFailException(str(exc)) from None
 
 
+def connection_key(entry: Any) -> str | None:
+    """API key of a catalog model from its Airflow connection (``airflow_conn_id``), if it names one."""
+    if not entry.airflow_conn_id:
+        return None
+    from airflow.sdk import BaseHook
+
+    conn = BaseHook.get_connection(entry.airflow_conn_id)
+    return conn.password or None
+
+
 def _gateway(dag_file: str | None) -> Any:
     from llmops.gateway import Gateway
+    from llmops.provider import LiteLLMProvider
 
-    return Gateway(settings_for(dag_file))
+    settings = settings_for(dag_file)
+    provider = LiteLLMProvider(
+        settings.simulator_url, settings.simulator_api_key.get_secret_value(), key_resolver=connection_key
+    )
+    return Gateway(settings, provider=provider)
 
 
 def plan_task(params: dict[str, Any], run_id: str, dag_file: str | None = None) -> dict[str, Any]:

@@ -69,3 +69,24 @@ def test_bad_params_fail_without_retry(airflow_db, bag, sim):
     assert str(dr.state) == "failed"
     plan = next(ti for ti in dr.get_task_instances() if ti.task_id == "plan")
     assert str(plan.state) == "failed" and plan.try_number == 1
+
+
+def test_api_key_from_airflow_connection(monkeypatch):
+    from llmops.airflow_adapter import connection_key
+    from llmops.errors import ProviderError
+    from llmops.policy import ModelEntry
+    from llmops.provider import LiteLLMProvider
+
+    entry = ModelEntry(
+        litellm_model="gpt-4o-mini", provider="openai", airflow_conn_id="openai_default", context_window=128000
+    )
+    monkeypatch.setenv("AIRFLOW_CONN_OPENAI_DEFAULT", '{"conn_type": "generic", "password": "sk-test-123"}')
+    provider = LiteLLMProvider("http://127.0.0.1:1/v1", "k", key_resolver=connection_key)
+    assert provider._credentials(entry)["api_key"] == "sk-test-123"
+    monkeypatch.delenv("AIRFLOW_CONN_OPENAI_DEFAULT")
+    missing = ModelEntry(
+        litellm_model="gpt-4o-mini", provider="openai", api_key_env="NO_SUCH_KEY_VAR", context_window=128000
+    )
+    with pytest.raises(ProviderError, match="set NO_SUCH_KEY_VAR") as ei:
+        LiteLLMProvider("http://127.0.0.1:1/v1", "k")._credentials(missing)
+    assert "sk-" not in str(ei.value)

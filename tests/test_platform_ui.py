@@ -1,0 +1,166 @@
+"""Acceptance: the README's platform (``llmops up``) comes up, and triggering llm_batch from its form in a
+real browser (headless Chromium) with the defaults succeeds; outputs and ledger rows exist."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from llmops.platform import free_port
+from tests.conftest import ROOT
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+ARTIFACTS = ROOT / "test-artifacts"
+BROWSER_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def platform(tmp_path_factory):
+    if CHROMIUM is None:
+        pytest.fail("Chromium is missing: run `make test` (it installs it) or `apt-get install chromium`")
+    data = tmp_path_factory.mktemp("platform") / "data"
+    ports = {"airflow": free_port(), "mlflow": free_port(), "sim": free_port(), "smtp": free_port()}
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "LLMOPS_"))}
+    env.update(
+        LLMOPS_HOME=str(ROOT),
+        LLMOPS_DATA_DIR=str(data),
+        LLMOPS_SIMULATOR_PORT=str(ports["sim"]),
+        LLMOPS_SMTP_PORT=str(ports["smtp"]),
+    )
+    log = open(tmp_path_factory.mktemp("logs") / "up.log", "w+")  # noqa: SIM115
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "llmops",
+            "up",
+            "--no-trigger",
+            "--airflow-port",
+            str(ports["airflow"]),
+            "--mlflow-port",
+            str(ports["mlflow"]),
+        ],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        cwd=ROOT,
+    )
+    deadline = time.monotonic() + 420
+    text = ""
+    while time.monotonic() < deadline:
+        log.seek(0)
+        text = log.read()
+        if "The platform is up" in text or proc.poll() is not None:
+            break
+        time.sleep(1)
+    assert "The platform is up" in text, text[-3000:]
+    password = re.search(r"login: admin / (\S+)", text).group(1)
+    yield {"ports": ports, "password": password, "data": data, "log": text}
+    proc.send_signal(signal.SIGINT)  # what Ctrl-C does
+    proc.wait(90)
+    for port in ports.values():
+        with pytest.raises(httpx.ConnectError):
+            httpx.get(f"http://127.0.0.1:{port}/", timeout=2)
+
+
+def test_up_serves_airflow_mlflow_simulator_and_mail(platform):
+    p = platform["ports"]
+    assert httpx.get(f"http://127.0.0.1:{p['mlflow']}/health", timeout=10).is_success
+    assert httpx.get(f"http://127.0.0.1:{p['sim']}/v1/models", timeout=10).is_success
+    health = httpx.get(f"http://127.0.0.1:{p['airflow']}/api/v2/monitor/health", timeout=10).json()
+    assert health["scheduler"]["status"] == "healthy"
+    assert "llm_batch (unpaused)" in platform["log"]
+    import smtplib
+    from email.message import EmailMessage
+
+    msg = EmailMessage()
+    msg["From"], msg["To"], msg["Subject"] = "a@example.com", "b@example.com", "sink check"
+    msg.set_content("hello")
+    with smtplib.SMTP("127.0.0.1", p["smtp"], timeout=10) as smtp:
+        smtp.send_message(msg)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and not list((platform["data"] / "mail").glob("*.eml")):
+        time.sleep(0.2)
+    assert "Subject: sink check" in next((platform["data"] / "mail").glob("*.eml")).read_text()
+
+
+def test_trigger_llm_batch_from_the_form(platform, record_property):
+    from playwright.sync_api import sync_playwright
+
+    from llmops.ledger import Ledger
+
+    base = f"http://localhost:{platform['ports']['airflow']}"
+    ARTIFACTS.mkdir(exist_ok=True)
+    token = httpx.post(
+        f"{base}/auth/token", json={"username": "admin", "password": platform["password"]}, timeout=10
+    ).json()["access_token"]
+    headers = {"Authorization": f"Bearer {token}"}
+    before = {
+        r["dag_run_id"]
+        for r in httpx.get(f"{base}/api/v2/dags/llm_batch/dagRuns", headers=headers, timeout=10).json()["dag_runs"]
+    }
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=BROWSER_ARGS)
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page.goto(f"{base}/")
+        page.locator("input[name=username]").fill("admin")
+        page.locator("input[name=password]").fill(platform["password"])
+        page.locator("button[type=submit]").click()
+        page.wait_for_url(re.compile(r"^(?!.*/auth/).*$"), timeout=60_000)
+        page.goto(f"{base}/dags/llm_batch")
+        page.get_by_role("button", name="Trigger").first.click()
+        dialog = page.get_by_role("dialog")
+        dialog.wait_for(timeout=30_000)
+        dialog.get_by_role("button", name="What to run").click()
+        page.wait_for_timeout(500)
+        form_shot = ARTIFACTS / "llm_batch_trigger_form.png"
+        page.screenshot(path=str(form_shot))
+        dialog.get_by_role("button", name="Trigger").last.click()  # submit with the form's defaults
+
+        run_id = None
+        deadline = time.monotonic() + 300
+        state = None
+        while time.monotonic() < deadline:
+            runs = httpx.get(f"{base}/api/v2/dags/llm_batch/dagRuns", headers=headers, timeout=10).json()["dag_runs"]
+            new = [r for r in runs if r["dag_run_id"] not in before]
+            if new:
+                run_id, state = new[0]["dag_run_id"], new[0]["state"]
+                if state in ("success", "failed"):
+                    break
+            time.sleep(2)
+        assert run_id is not None, "the form did not create a run"
+        page.goto(f"{base}/dags/llm_batch/runs/{run_id}")
+        page.wait_for_timeout(3000)
+        run_shot = ARTIFACTS / "llm_batch_run.png"
+        page.screenshot(path=str(run_shot))
+        browser.close()
+    record_property("screenshots", f"{form_shot} {run_shot}")
+    print(f"screenshots: {form_shot} {run_shot}")
+    assert state == "success"
+    run = httpx.get(f"{base}/api/v2/dags/llm_batch/dagRuns/{run_id}", headers=headers, timeout=10).json()
+    assert run["conf"] in ({}, None) or run["conf"].get("prompt") == "support_ticket_classify@production"
+
+    ledger = Ledger(f"sqlite:///{platform['data'] / 'ledger.db'}")
+    rows = ledger.run_rows(run_id)
+    assert len(rows) == 25 and {r.status for r in rows} == {"ok", "blocked"}
+    batch = ledger.batch_run(run_id)
+    assert batch is not None and batch.status == "reconciled" and Path(batch.output_path).exists()
