@@ -130,3 +130,61 @@ def reconcile_task(
             gw.close()
 
     return _guarded(run)
+
+
+# -- mail and monthly reports -----------------------------------------------------------------------
+def send_email(to: list[str], subject: str, html: str, files: list[str]) -> None:
+    """Send through Airflow's SMTP provider (connection ``smtp_default``)."""
+    from airflow.providers.smtp.hooks.smtp import SmtpHook
+
+    with SmtpHook(smtp_conn_id="smtp_default") as hook:
+        hook.send_email_smtp(to=to, subject=subject, html_content=html, files=files)
+
+
+def report_month(params: dict[str, Any], run_after: Any, dag_file: str | None = None) -> str:
+    from llmops.reports.monthly import check_month, month_before
+
+    if params.get("month"):
+        return check_month(str(params["month"]))
+    return month_before(run_after, settings_for(dag_file).timezone)
+
+
+def build_report_task(month: str, dag_file: str | None = None) -> dict[str, Any]:
+    from llmops.ledger import Ledger
+    from llmops.policy import load_policy
+    from llmops.reports import build_monthly_report
+
+    def run() -> dict[str, Any]:
+        settings = settings_for(dag_file)
+        ledger = Ledger(settings.ledger_database_url)
+        try:
+            report = build_monthly_report(settings, load_policy(settings.policy_path), ledger, month)
+        finally:
+            ledger.dispose()
+        log.info(
+            "cost report %s: valid=%s total=$%s (%s)",
+            month,
+            report.valid,
+            report.total_cost_usd,
+            report.validation_summary,
+        )
+        return report.to_dict()
+
+    return _guarded(run)
+
+
+def deliver_report_task(report: dict[str, Any], send: bool = True, dag_file: str | None = None) -> dict[str, Any]:
+    from airflow.sdk.exceptions import AirflowFailException
+
+    from llmops.policy import load_policy
+    from llmops.reports import deliver_monthly_report
+
+    if not send and report["valid"]:
+        return {"sent": [], "alert": [], "archived": report["folder"]}
+    policy = load_policy(settings_for(dag_file).policy_path)
+    outcome = deliver_monthly_report(report, policy, send_email)
+    if not report["valid"]:
+        raise AirflowFailException(
+            f"cost report {report['month']} withheld, admins alerted: {report['validation_summary']}"
+        )
+    return outcome

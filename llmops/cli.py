@@ -24,12 +24,14 @@ sim_app = typer.Typer(no_args_is_help=True, help="The built-in simulator provide
 mail_app = typer.Typer(no_args_is_help=True, help="The local SMTP sink.")
 db_app = typer.Typer(no_args_is_help=True, help="The ledger database.")
 budget_app = typer.Typer(no_args_is_help=True, help="Budgets.")
+report_app = typer.Typer(no_args_is_help=True, help="Cost reports.")
 app.add_typer(prompts_app, name="prompts")
 app.add_typer(batch_app, name="batch")
 app.add_typer(sim_app, name="sim")
 app.add_typer(mail_app, name="mail")
 app.add_typer(db_app, name="db")
 app.add_typer(budget_app, name="budget")
+app.add_typer(report_app, name="report")
 
 
 def _settings(**overrides: Any) -> Any:
@@ -309,6 +311,49 @@ def budget_show(
         typer.echo(
             f"{d:12} {u['month']}  budget ${u['budget_usd']:.2f}  spent ${u['spent_usd']:.6f}  "
             f"reserved ${u['reserved_usd']:.6f}  used {u['used_ratio']:.1%}"
+        )
+
+
+@report_app.command("monthly")
+def report_monthly(
+    month: Annotated[str, typer.Option(help="YYYY-MM")],
+    send: Annotated[bool, typer.Option("--send", help="mail the reports (SMTP connection smtp_default)")] = False,
+    out: Annotated[Path | None, typer.Option(help="folder for the archive; default data/reports/<month>")] = None,
+) -> None:
+    """Build (and optionally send) the month's per-department cost reports."""
+    from llmops.ledger import Ledger
+    from llmops.policy import load_policy
+    from llmops.reports import build_monthly_report, deliver_monthly_report
+    from llmops.reports.monthly import check_month
+
+    _quiet_logs()
+    s = _settings()
+    check_month(month)
+    policy = load_policy(s.policy_path)
+    report = build_monthly_report(s, policy, Ledger(s.ledger_database_url), month, out)
+    if report.valid:
+        for d in report.departments:
+            typer.echo(
+                f"{d['department']:12} requests {d['requests']:6}  cost ${d['cost_usd']}  "
+                f"used {d['pct_used'] or 0:.1f} %"
+            )
+        typer.echo(f"total ${report.total_cost_usd}; archived in {report.folder}")
+    else:
+        typer.echo(f"validation failed: {report.validation_summary} (details: {report.validation_file})", err=True)
+    if send:
+        from llmops.airflow_adapter import send_email
+        from llmops.platform import smtp_connection_env
+
+        os.environ.setdefault("AIRFLOW_CONN_SMTP_DEFAULT", smtp_connection_env(s))
+        outcome = deliver_monthly_report(report, policy, send_email)
+        typer.echo(
+            f"mailed: {', '.join(outcome['sent']) or 'nothing'}"
+            + (f"; alert to {', '.join(outcome['alert'])}" if outcome["alert"] else "")
+        )
+    if not report.valid:
+        raise LlmopsError(
+            f"cost report {month} withheld: data validation failed",
+            f"fix the ledger rows listed in {report.validation_file}, then rerun",
         )
 
 

@@ -38,6 +38,24 @@ def port_open(port: int, host: str = "127.0.0.1") -> bool:
         return s.connect_ex((host, port)) == 0
 
 
+def smtp_connection_env(settings: Settings) -> str:
+    """``smtp_default`` as an Airflow connection (JSON) pointing at the local SMTP sink."""
+    return json.dumps(
+        {
+            "conn_type": "smtp",
+            "host": settings.smtp_host,
+            "port": settings.smtp_port,
+            "extra": {
+                "disable_ssl": True,
+                "disable_tls": True,
+                "from_email": settings.mail_from,
+                "retry_limit": 0,
+                "timeout": 10,
+            },
+        }
+    )
+
+
 def airflow_env(settings: Settings, airflow_home: Path, api_port: int) -> dict[str, str]:
     """Environment for every Airflow process of the embedded platform."""
     venv_bin = str(Path(sys.executable).parent)

@@ -88,7 +88,12 @@ def test_up_serves_airflow_mlflow_simulator_and_mail(platform):
     assert httpx.get(f"http://127.0.0.1:{p['sim']}/v1/models", timeout=10).is_success
     health = httpx.get(f"http://127.0.0.1:{p['airflow']}/api/v2/monitor/health", timeout=10).json()
     assert health["scheduler"]["status"] == "healthy"
-    assert "llm_batch (unpaused)" in platform["log"]
+    base = f"http://127.0.0.1:{p['airflow']}"
+    token = httpx.post(
+        f"{base}/auth/token", json={"username": "admin", "password": platform["password"]}, timeout=10
+    ).json()["access_token"]
+    dags = httpx.get(f"{base}/api/v2/dags", headers={"Authorization": f"Bearer {token}"}, timeout=10).json()["dags"]
+    assert {d["dag_id"]: d["is_paused"] for d in dags} == {"llm_batch": False, "monthly_cost_report": False}
     import smtplib
     from email.message import EmailMessage
 
