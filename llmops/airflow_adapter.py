@@ -58,7 +58,7 @@ def _gateway(dag_file: str | None) -> Any:
     provider = LiteLLMProvider(
         settings.simulator_url, settings.simulator_api_key.get_secret_value(), key_resolver=connection_key
     )
-    return Gateway(settings, provider=provider)
+    return Gateway(settings, provider=provider, alerter=budget_alert_mail)
 
 
 def plan_task(params: dict[str, Any], run_id: str, dag_file: str | None = None) -> dict[str, Any]:
@@ -188,3 +188,19 @@ def deliver_report_task(report: dict[str, Any], send: bool = True, dag_file: str
             f"cost report {report['month']} withheld, admins alerted: {report['validation_summary']}"
         )
     return outcome
+
+
+def budget_alert_mail(event: Any) -> None:
+    """Deliver a budget threshold alert through Airflow's SMTP notifier."""
+    from airflow.providers.smtp.notifications.smtp import SmtpNotifier
+
+    if not event.recipients:
+        return
+    html = (
+        f"<p>{event.subject}.</p><p>Scope: {event.scope} <b>{event.key}</b>, month {event.month}, "
+        f"threshold {event.threshold:.0%}. At 100 % new requests end <code>budget_exceeded</code> and "
+        f"running batches defer their remaining records.</p>"
+    )
+    SmtpNotifier(
+        to=list(event.recipients), subject=event.subject, html_content=html, smtp_conn_id="smtp_default"
+    ).notify({})

@@ -9,6 +9,7 @@ ledger, writes the dead-letter table and merges the output parts into one Parque
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import threading
@@ -30,6 +31,7 @@ from llmops.prompts import PromptVersion
 from llmops.tokens import count_messages
 from llmops.types import Request, Result, Status
 
+log = logging.getLogger("llmops.batch")
 BATCH_STATES = ("ok", "blocked", "denied", "failed", "deferred")
 _STATE_OF = {
     Status.OK: "ok",
@@ -166,10 +168,20 @@ def plan_batch(gw: Gateway, spec: BatchSpec) -> dict[str, Any]:
             f"add the column(s) or map them; the prompt declares: {', '.join(pv.meta.variables)}",
         )
     keys = _keys(df, spec.key_column)
-    estimate = _estimate(gw, spec, pv, df)
     month = gw.budget.month()
     spent, reserved = gw.ledger.month_usage(spec.department, month)
     remaining = gw.budget.limit_nano(spec.department) - spent - reserved
+    priority = spec.priority
+    estimate = _estimate(gw, spec, pv, df, priority)
+    downgraded = False
+    if (
+        to_nano(estimate["expected_cost_usd"]) > remaining
+        and policy.routing.budget_shortfall == "downgrade"
+        and priority != "cost"
+    ):
+        cheaper = _estimate(gw, spec, pv, df, "cost")
+        if to_nano(cheaper["expected_cost_usd"]) <= remaining:
+            estimate, priority, downgraded = cheaper, "cost", True
     size = spec.chunk_size or gw.settings.chunk_size
     chunks = [{"index": i, "start": s, "stop": min(s + size, len(df))} for i, s in enumerate(range(0, len(df), size))]
     if len(chunks) > 1024:
@@ -184,7 +196,8 @@ def plan_batch(gw: Gateway, spec: BatchSpec) -> dict[str, Any]:
         "input": source,
         "department": spec.department,
         "user": spec.user,
-        "priority": spec.priority,
+        "priority": priority,
+        "downgraded": downgraded,
         "data_class": spec.data_class,
         "key_column": spec.key_column,
         "total_rows": len(df),
@@ -197,17 +210,31 @@ def plan_batch(gw: Gateway, spec: BatchSpec) -> dict[str, Any]:
         "output_dir": str(gw.settings.outputs_path / _safe(spec.run_id)),
         "dry_run": spec.dry_run,
     }
-    est = to_nano(estimate["max_cost_usd"])
+    est = to_nano(estimate["expected_cost_usd"])
+    log.info(
+        "batch %s estimate: %s (remaining budget $%s)%s",
+        spec.run_id,
+        estimate,
+        usd(remaining),
+        " — downgraded to priority=cost to fit the budget" if downgraded else "",
+    )
     if spec.cost_cap_usd is not None and est > to_nano(spec.cost_cap_usd) and not spec.dry_run:
         raise BudgetExceededError(
-            f"estimated cost up to ${estimate['max_cost_usd']} exceeds the run's cost cap ${spec.cost_cap_usd}",
+            f"estimated cost ${estimate['expected_cost_usd']} exceeds the run's cost cap ${spec.cost_cap_usd}",
             "raise the cost cap, shrink the input, or use priority=cost",
         )
     if est > remaining and not spec.dry_run:
         raise BudgetExceededError(
-            f"estimated cost up to ${estimate['max_cost_usd']} exceeds {spec.department}'s remaining "
+            f"estimated cost ${estimate['expected_cost_usd']} exceeds {spec.department}'s remaining "
             f"budget ${usd(remaining):.4f} for {month}",
-            "raise the department budget in llmops.yaml, shrink the input, or use priority=cost",
+            "raise the department budget in llmops.yaml, shrink the input, use priority=cost, "
+            "or set routing.budget_shortfall: downgrade",
+        )
+    if to_nano(estimate["max_cost_usd"]) > remaining and not spec.dry_run:
+        log.warning(
+            "batch %s: the upper bound $%s exceeds the remaining budget; late records may be deferred",
+            spec.run_id,
+            estimate["max_cost_usd"],
         )
     if not spec.dry_run:
         gw.ledger.save_batch_run(
@@ -224,12 +251,20 @@ def plan_batch(gw: Gateway, spec: BatchSpec) -> dict[str, Any]:
     return plan
 
 
-def _estimate(gw: Gateway, spec: BatchSpec, pv: PromptVersion, df: pd.DataFrame) -> dict[str, Any]:
-    """Upper-bound estimate: routed model per record, prompt tokens + max_tokens at its price."""
+def _estimate(
+    gw: Gateway, spec: BatchSpec, pv: PromptVersion, df: pd.DataFrame, priority: str | None
+) -> dict[str, Any]:
+    """Estimate tokens and cost per record: the routed model, exact prompt tokens, and completion tokens
+    from the ledger's history of this prompt version on that model (``max_tokens`` when there is none).
+    ``max_cost_usd`` is the upper bound the reservations will hold."""
     max_tokens = int(pv.meta.parameters.get("max_tokens", 512))
     total_prompt = 0
-    total_nano = 0
+    expected_nano = 0
+    upper_nano = 0
+    expected_completion = 0.0
     models: Counter[str] = Counter()
+    basis: set[str] = set()
+    history: dict[str, float | None] = {}
     sample = df if len(df) <= 2000 else df.sample(2000, random_state=0)
     for _, row in sample.iterrows():
         values = {n: row.get(n) for n in pv.meta.variables if n in df.columns}
@@ -246,21 +281,34 @@ def _estimate(gw: Gateway, spec: BatchSpec, pv: PromptVersion, df: pd.DataFrame)
             data_class=spec.data_class,
             prompt_tokens=tokens,
             max_tokens=max_tokens,
-            priority=spec.priority,  # type: ignore[arg-type]  # validated in plan_batch
+            priority=priority,  # type: ignore[arg-type]
         )
         if decision.model is None:
             continue
-        inp, out = gw.policy.models[decision.model].price()
+        model = decision.model
+        if model not in history:
+            history[model] = gw.ledger.mean_completion_tokens(pv.name, str(pv.version), model)
+        known = history[model]
+        completion = known if known is not None else float(max_tokens)
+        basis.add("history" if history[model] is not None else "max_tokens")
+        inp, out = gw.policy.models[model].price()
         total_prompt += tokens
-        total_nano += cost_nano(inp, out, tokens, max_tokens)
-        models[decision.model] += 1
+        expected_completion += completion
+        expected_nano += cost_nano(inp, out, tokens, round(completion))
+        upper_nano += cost_nano(inp, out, tokens, max_tokens)
+        models[model] += 1
     scale = Decimal(len(df)) / Decimal(len(sample))
+    q = Decimal("0.000001")
     return {
         "records": len(df),
         "prompt_tokens": int(total_prompt * scale),
+        "expected_completion_tokens": int(Decimal(expected_completion) * scale),
         "max_completion_tokens": max_tokens * len(df),
-        "max_cost_usd": str((usd(total_nano) * scale).quantize(Decimal("0.000001"))),
+        "expected_cost_usd": str((usd(expected_nano) * scale).quantize(q)),
+        "max_cost_usd": str((usd(upper_nano) * scale).quantize(q)),
+        "basis": "+".join(sorted(basis)) or "none",
         "models": dict(models),
+        "priority": priority,
     }
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+from decimal import Decimal
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -172,10 +173,19 @@ def batch_run(
     summary = run_batch(gw, spec)
     if dry_run:
         est = summary["plan"]["estimate"]
+        plan = summary["plan"]
         typer.echo(
-            f"dry run: {est['records']} records, ~{est['prompt_tokens']} prompt tokens, "
-            f"up to ${est['max_cost_usd']} (models {est['models']}); "
-            f"remaining budget ${summary['plan']['remaining_budget_usd']}; nothing was called or billed"
+            f"dry run: {est['records']} records, {est['prompt_tokens']} prompt tokens + "
+            f"~{est['expected_completion_tokens']} completion tokens (basis: {est['basis']})"
+        )
+        typer.echo(
+            f"estimated cost ${est['expected_cost_usd']} (upper bound ${est['max_cost_usd']}), "
+            f"models {est['models']}, priority {plan['priority'] or 'default'}"
+            + (" (downgraded to fit the budget)" if plan.get("downgraded") else "")
+        )
+        typer.echo(
+            f"remaining budget ${plan['remaining_budget_usd']} for {plan['department']} in "
+            f"{plan['budget_month']}; nothing was called or billed"
         )
         return
     if output is not None:
@@ -305,12 +315,21 @@ def budget_show(
     policy = load_policy(s.policy_path)
     if department and department not in policy.departments:
         raise RequestError(f"unknown department {department!r}", f"use one of: {', '.join(policy.departments)}")
+    if month is not None:
+        from llmops.reports.monthly import check_month
+
+        check_month(month)
     b = Budget(Ledger(s.ledger_database_url), policy, s.timezone)
+    typer.echo(
+        f"{'department':12} {'month':7}  {'budget':>10}  {'spent':>12}  {'reserved':>12}  {'remaining':>12}  "
+        f"{'used':>6}  {'spent JPY':>10}"
+    )
     for d in [department] if department else sorted(policy.departments):
         u = b.usage(d, month)
+        jpy = (u["spent_usd"] * policy.usd_jpy).quantize(Decimal("1"))  # type: ignore[operator]
         typer.echo(
-            f"{d:12} {u['month']}  budget ${u['budget_usd']:.2f}  spent ${u['spent_usd']:.6f}  "
-            f"reserved ${u['reserved_usd']:.6f}  used {u['used_ratio']:.1%}"
+            f"{d:12} {u['month']:7}  ${u['budget_usd']:>9.2f}  ${u['spent_usd']:>11.6f}  "
+            f"${u['reserved_usd']:>11.6f}  ${u['remaining_usd']:>11.6f}  {u['used_ratio']:>6.1%}  ¥{jpy:>9}"
         )
 
 

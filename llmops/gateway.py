@@ -14,10 +14,12 @@ import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from llmops.access import check_request
-from llmops.budget import Budget
+from llmops.breaker import CircuitBreaker
+from llmops.budget import Alerter, Budget
 from llmops.checks import check_output
 from llmops.errors import ProviderError, RenderError
 from llmops.guard import guard_variables, restore
@@ -59,6 +61,8 @@ class Gateway:
         ledger: Ledger | None = None,
         provider: Provider | LiteLLMProvider | None = None,
         router: Router | None = None,
+        breaker: CircuitBreaker | None = None,
+        alerter: Alerter | None = None,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         self.settings = settings
@@ -68,9 +72,31 @@ class Gateway:
         self.provider = provider or LiteLLMProvider(
             settings.simulator_url, settings.simulator_api_key.get_secret_value()
         )
-        self.router = router or Router(self.policy)
-        self.budget = Budget(self.ledger, self.policy, settings.timezone)
+        self.router = router or Router(self.policy, latency=self._observed_p95())
+        self.budget = Budget(self.ledger, self.policy, settings.timezone, alerter)
+        self.breaker = breaker or CircuitBreaker(settings.breaker_failures, settings.breaker_cooldown_s)
         self._sleep = sleep
+
+    def _observed_p95(self) -> Callable[[str], float | None]:
+        """p95 latency per model from the ledger over the recent window, cached for a minute."""
+        cache: dict[str, tuple[float, float | None]] = {}
+
+        def source(model: str) -> float | None:
+            now = time.monotonic()
+            hit = cache.get(model)
+            if hit is not None and now - hit[0] < 60:
+                return hit[1]
+            since = datetime.now(UTC) - timedelta(hours=self.settings.latency_window_hours)
+            value = self.ledger.p95_latency_ms(model, since)
+            cache[model] = (now, value)
+            return value
+
+        return source
+
+    def endpoint(self, entry: Any) -> str:
+        """The circuit-breaker key of a catalog model: its provider endpoint."""
+        base = entry.api_base or (self.settings.simulator_url if entry.provider == "simulator" else "default")
+        return f"{entry.provider}:{base}"
 
     # -- the path -------------------------------------------------------------------------------
     def process(self, req: Request, *, run_cost_cap_nano: int | None = None) -> Result:
@@ -122,12 +148,22 @@ class Gateway:
         attempts = existing.attempts if existing is not None else 0
         for model in (route.model, *route.fallbacks):
             entry = self.policy.models[model]
+            endpoint = self.endpoint(entry)
+            if not self.breaker.allow(endpoint):
+                errors.append(f"circuit_open: {endpoint} ({model} skipped)")
+                continue
             inp, out = entry.price()
             estimate = cost_nano(inp, out, prompt_tokens, max_tokens)
             call_id = call_id_for(key, model)
             with self.ledger.transaction() as s:
                 res = self.budget.reserve(
-                    s, department=req.department, month=base["budget_month"], request_key=key, estimate_nano=estimate
+                    s,
+                    department=req.department,
+                    month=base["budget_month"],
+                    request_key=key,
+                    estimate_nano=estimate,
+                    user=req.user,
+                    prompt=pv.name,
                 )
                 if res.ok and run_cost_cap_nano is not None:
                     res = self._check_run_cap(s, req.run_id, key, estimate, run_cost_cap_nano)
@@ -172,7 +208,7 @@ class Gateway:
                     s, key, **fields, status=Status.PENDING, reserved_nanousd=estimate, reasons="; ".join(reasons)
                 )
             try:
-                completion = self._call_with_retries(entry, rendered.messages, params)
+                completion = self._call_with_retries(entry, endpoint, rendered.messages, params)
             except ProviderError as exc:
                 errors.append(str(exc))
                 with self.ledger.transaction() as s:
@@ -182,6 +218,8 @@ class Gateway:
                 if not exc.retryable:
                     break
                 continue
+            if errors:  # record why earlier models of the chain were passed over
+                reasons = [*reasons, *[f"fallback: {e}" for e in errors], f"route.fallback: answered by {model}"]
             return self._settle(
                 ctx,
                 pv.meta.output,
@@ -195,13 +233,18 @@ class Gateway:
                 inp,
                 out,
             )
+        all_reasons = [*reasons, *[f"call: {e}" for e in errors]]
+        if self.ledger.get(key) is None:  # no model was even tried (every circuit open)
+            return self._final(
+                ctx, Status.FAILED, all_reasons, findings=verdict.findings, prompt_excerpt=prompt_excerpt
+            )
         with self.ledger.transaction() as s:  # keep model, call_id and attempts of the last call
             row = self.ledger.upsert_call(
                 s,
                 key,
                 status=Status.FAILED,
                 reserved_nanousd=0,
-                reasons="; ".join([*reasons, *[f"call: {e}" for e in errors]]),
+                reasons="; ".join(all_reasons),
             )
         result = _from_row(row, replayed=False)
         log_call(result, user=req.user, department=req.department, prompt=pv.name, prompt_excerpt=prompt_excerpt)
@@ -245,18 +288,27 @@ class Gateway:
             )
         return Reservation(True, "budget.reserved", cap, int(used))
 
-    def _call_with_retries(self, entry: Any, messages: list[dict[str, str]], params: dict[str, Any]) -> Completion:
+    def _call_with_retries(
+        self, entry: Any, endpoint: str, messages: list[dict[str, str]], params: dict[str, Any]
+    ) -> Completion:
         retries = self.settings.max_retries
         for attempt in range(retries + 1):
             try:
-                return self.provider.complete(entry, messages, params, self.settings.request_timeout_s)
+                completion = self.provider.complete(entry, messages, params, self.settings.request_timeout_s)
             except ProviderError as exc:
+                if exc.retryable:
+                    self.breaker.record_failure(endpoint)
                 if not exc.retryable or attempt == retries:
+                    raise
+                if not self.breaker.allow(endpoint):  # the circuit opened: go to the next fallback now
                     raise
                 backoff = min(30.0, 0.25 * (2**attempt)) * random.uniform(0.5, 1.5)
                 delay = max(backoff, exc.retry_after or 0.0)  # never earlier than Retry-After
                 log.info("retrying %s in %.2fs after %s", entry.litellm_model, delay, exc.problem)
                 self._sleep(delay)
+            else:
+                self.breaker.record_success(endpoint)
+                return completion
         raise AssertionError("unreachable")  # pragma: no cover
 
     def _settle(
@@ -279,7 +331,6 @@ class Gateway:
         text = restore(completion.text, placeholders) if self.policy.guard.restore_placeholders else completion.text
         all_reasons = [*reasons, *report.failed]
         dept, month = ctx.req.department, ctx.base["budget_month"]
-        before, _ = self.ledger.month_usage(dept, month)
         with self.ledger.transaction() as s:
             self.ledger.upsert_call(
                 s,
@@ -294,7 +345,7 @@ class Gateway:
                 quality_score=report.score,
                 reasons="; ".join(all_reasons),
             )
-        self.budget.note_settled(dept, month, before, before + cost)
+        self.budget.after_settle(dept, ctx.req.user, ctx.base["prompt_name"], month)
         result = Result(
             status,
             ctx.req.record_key,

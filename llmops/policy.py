@@ -44,6 +44,7 @@ class Person(_Strict):
     department: str
     roles: list[str] = Field(min_length=1)
     email: str | None = None
+    monthly_budget_usd: Decimal | None = Field(None, gt=0, description="optional personal monthly limit")
 
 
 class Role(_Strict):
@@ -83,6 +84,9 @@ class Routing(_Strict):
     default_priority: Priority = "balanced"
     default_models: list[str] = Field(min_length=1)
     fallback_depth: int = Field(2, ge=0, le=5)
+    budget_shortfall: Literal["refuse", "downgrade"] = Field(
+        "refuse", description="a batch whose estimate exceeds the remaining budget is refused or re-routed by cost"
+    )
     balanced_weights: dict[Literal["quality", "cost", "speed"], float] = {
         "quality": 0.5,
         "cost": 0.3,
@@ -111,6 +115,8 @@ class Policy(_Strict):
     models: dict[str, ModelEntry] = Field(min_length=1)
     routing: Routing
     guard: GuardPolicy = Field(default_factory=GuardPolicy)
+    prompt_budgets: dict[str, Decimal] = Field(default_factory=dict, description="optional monthly USD per prompt")
+    alert_thresholds: list[float] = Field(default_factory=lambda: [0.8], description="for person/prompt budgets")
 
     @model_validator(mode="after")
     def _references(self) -> Policy:

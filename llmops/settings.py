@@ -40,6 +40,9 @@ class Settings(BaseSettings):
     concurrency: int = Field(8, ge=1, le=512)
     request_timeout_s: float = Field(60.0, gt=0)
     max_retries: int = Field(3, ge=0, le=10)
+    breaker_failures: int = Field(5, ge=1, description="consecutive failures that open an endpoint's circuit")
+    breaker_cooldown_s: float = Field(30.0, gt=0)
+    latency_window_hours: float = Field(24.0, gt=0, description="window of the ledger's observed p95 latency")
 
     @field_validator("timezone")
     @classmethod

@@ -121,3 +121,17 @@ def test_prompts_commands(tmp_path: Path, sim):
     assert r.returncode == 0 and "Pay in 10 days." in r.stdout
     r = _run(["prompts", "render", "contract_review@1.0.0"], tmp_path, sim)
     assert r.returncode == 2 and "missing variable 'contract_text'" in r.stderr
+
+
+def test_budget_show(tmp_path: Path, sim):
+    r = _run([*BASE, "--prompt", "support_ticket_classify", "--input", "sample:support_tickets.csv"], tmp_path, sim)
+    assert r.returncode == 0, r.stderr
+    spent = r.stdout.split("cost support: $")[1].split()[0]
+    r = _run(["budget", "show", "--department", "support"], tmp_path, sim)
+    assert r.returncode == 0, r.stderr
+    [line] = [ln for ln in r.stdout.splitlines() if ln.startswith("support")]
+    cells = line.split()
+    assert cells[2] == "$200.00" or "200.00" in cells[2:4]  # the budget column
+    assert f"{float(spent):.6f}" in line  # spent equals what the batch reported
+    r = _run(["budget", "show", "--department", "nope"], tmp_path, sim)
+    assert r.returncode == 2 and "unknown department 'nope'" in r.stderr

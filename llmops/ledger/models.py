@@ -74,7 +74,31 @@ class LlmCall(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, onupdate=utcnow)
 
-    __table_args__ = (Index("ix_llm_calls_department_month", "department", "budget_month"),)
+    __table_args__ = (
+        Index("ix_llm_calls_department_month", "department", "budget_month"),
+        Index("ix_llm_calls_user_month", "user", "budget_month"),
+        Index("ix_llm_calls_prompt_month", "prompt_name", "budget_month"),
+        Index("ix_llm_calls_model_created", "model", "created_at"),
+    )
+
+
+class BudgetAlert(Base):
+    """One row per (budget scope, key, month, threshold): the alert fires exactly once."""
+
+    __tablename__ = "budget_alerts"
+
+    id: Mapped[int] = mapped_column(_BigId, primary_key=True, autoincrement=True)
+    scope: Mapped[str] = mapped_column(String(20))
+    scope_key: Mapped[str] = mapped_column(String(250))
+    month: Mapped[str] = mapped_column(String(7))
+    threshold_permille: Mapped[int] = mapped_column(Integer)
+    spent_nanousd: Mapped[int] = mapped_column(BigInteger)
+    limit_nanousd: Mapped[int] = mapped_column(BigInteger)
+    fired_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+    __table_args__ = (
+        UniqueConstraint("scope", "scope_key", "month", "threshold_permille", name="uq_budget_alerts_once"),
+    )
 
 
 class DeadLetter(Base):

@@ -116,17 +116,48 @@ class Ledger:
         with self._sessions() as s:
             return list(s.scalars(select(LlmCall).where(LlmCall.run_id == run_id).order_by(LlmCall.id)))
 
-    def month_usage(self, department: str, month: str, session: Session | None = None) -> tuple[int, int]:
-        """(spent, reserved) nano-USD for a department's budget month."""
+    def month_usage(
+        self, department: str, month: str, session: Session | None = None, *, scope: str = "department"
+    ) -> tuple[int, int]:
+        """(spent, reserved) nano-USD of a budget (department, person or prompt) in a budget month."""
+        column = {"department": LlmCall.department, "person": LlmCall.user, "prompt": LlmCall.prompt_name}[scope]
         stmt = select(
             func.coalesce(func.sum(LlmCall.cost_nanousd), 0), func.coalesce(func.sum(LlmCall.reserved_nanousd), 0)
-        ).where(LlmCall.department == department, LlmCall.budget_month == month)
+        ).where(column == department, LlmCall.budget_month == month)
         if session is not None:
             row = session.execute(stmt).one()
         else:
             with self._sessions() as s:
                 row = s.execute(stmt).one()
         return int(row[0]), int(row[1])
+
+    def p95_latency_ms(self, model: str, since: datetime, min_samples: int = 20) -> float | None:
+        """p95 latency of successful calls of a model since ``since`` (None below ``min_samples``)."""
+        stmt = (
+            select(LlmCall.latency_ms)
+            .where(LlmCall.model == model, LlmCall.status == "ok", LlmCall.created_at >= since)
+            .order_by(LlmCall.id.desc())
+            .limit(5000)
+        )
+        with self._sessions() as s:
+            values = sorted(int(v) for v in s.scalars(stmt))
+        if len(values) < min_samples:
+            return None
+        return float(values[min(len(values) - 1, round(0.95 * (len(values) - 1)))])
+
+    def mean_completion_tokens(
+        self, prompt_name: str, prompt_version: str, model: str, min_samples: int = 5
+    ) -> float | None:
+        """Average completion tokens of this prompt version on this model, from successful calls."""
+        stmt = select(func.avg(LlmCall.completion_tokens), func.count()).where(
+            LlmCall.prompt_name == prompt_name,
+            LlmCall.prompt_version == prompt_version,
+            LlmCall.model == model,
+            LlmCall.status == "ok",
+        )
+        with self._sessions() as s:
+            avg, n = s.execute(stmt).one()
+        return float(avg) if n and n >= min_samples else None
 
     def spend_by_department(self, run_id: str | None = None) -> dict[str, int]:
         stmt = select(LlmCall.department, func.sum(LlmCall.cost_nanousd)).group_by(LlmCall.department)

@@ -37,6 +37,7 @@ class SimConfig:
     seed: int = 7
     send_ratelimit_headers: bool = True
     model_limits: dict[str, tuple[int, int]] = field(default_factory=dict)  # name -> (rpm, tpm)
+    model_error_rates: dict[str, float] = field(default_factory=dict)  # name -> error rate (overrides)
 
 
 class _Bucket:
@@ -141,10 +142,11 @@ def build_app(config: SimConfig) -> web.Application:
             stats["timeouts"] += 1
             await asyncio.sleep(config.hang_seconds)
             return _error(504, "upstream timeout", "timeout")
-        if roll < config.timeout_rate + config.error_rate:
+        error_rate = config.model_error_rates.get(name, config.error_rate)
+        if roll < config.timeout_rate + error_rate:
             stats["errors"] += 1
             return _error(
-                503 if roll < config.timeout_rate + config.error_rate / 2 else 500,
+                503 if roll < config.timeout_rate + error_rate / 2 else 500,
                 "simulated server error",
                 "server_error",
             )
