@@ -75,20 +75,7 @@ def airflow_env(settings: Settings, airflow_home: Path, api_port: int) -> dict[s
             "AIRFLOW__API__BASE_URL": f"http://localhost:{api_port}",
             "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "20",
             "AIRFLOW__EMAIL__FROM_EMAIL": settings.mail_from,
-            "AIRFLOW_CONN_SMTP_DEFAULT": json.dumps(
-                {
-                    "conn_type": "smtp",
-                    "host": settings.smtp_host,
-                    "port": settings.smtp_port,
-                    "extra": {
-                        "disable_ssl": True,
-                        "disable_tls": True,
-                        "from_email": settings.mail_from,
-                        "retry_limit": 0,
-                        "timeout": 10,
-                    },
-                }
-            ),
+            "AIRFLOW_CONN_SMTP_DEFAULT": smtp_connection_env(settings),
             "LLMOPS_HOME": str(settings.home),
             "LITELLM_LOCAL_MODEL_COST_MAP": "True",
             "MLFLOW_DISABLE_TELEMETRY": "true",

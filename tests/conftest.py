@@ -69,3 +69,57 @@ def write_policy(path: Path, **changes: object) -> Path:
         node[parts[-1]] = value
     path.write_text(yaml.safe_dump(data, allow_unicode=True))
     return path
+
+
+class Inbox:
+    """A real SMTP server on loopback (aiosmtpd) that keeps every message it receives."""
+
+    def __init__(self) -> None:
+        import email.message
+
+        self.messages: list[email.message.Message] = []
+
+    async def handle_DATA(self, server, session, envelope):
+        import email
+
+        msg = email.message_from_bytes(envelope.original_content or envelope.content)
+        msg["X-Envelope-To"] = ", ".join(envelope.rcpt_tos)
+        self.messages.append(msg)
+        return "250 Message accepted for delivery"
+
+    def to(self, address: str) -> list:
+        return [m for m in self.messages if address in m["X-Envelope-To"]]
+
+
+@pytest.fixture
+def inbox(monkeypatch):
+    """Start the inbox and point Airflow's ``smtp_default`` connection at it."""
+    import json
+
+    from aiosmtpd.controller import Controller
+
+    from llmops.platform import free_port
+
+    box = Inbox()
+    port = free_port()
+    ctl = Controller(box, hostname="127.0.0.1", port=port)
+    ctl.start()
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_SMTP_DEFAULT",
+        json.dumps(
+            {
+                "conn_type": "smtp",
+                "host": "127.0.0.1",
+                "port": port,
+                "extra": {
+                    "disable_ssl": True,
+                    "disable_tls": True,
+                    "from_email": "llmops@localhost",
+                    "retry_limit": 0,
+                    "timeout": 10,
+                },
+            }
+        ),
+    )
+    yield box
+    ctl.stop()

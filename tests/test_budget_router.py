@@ -115,48 +115,19 @@ def test_circuit_breaker_opens_and_recovers(tmp_path: Path):
         srv.stop()
 
 
-def test_alert_at_80_percent_fires_once_and_hard_stop_at_100(tmp_path: Path, sim, monkeypatch):
-    import email
-
-    from aiosmtpd.controller import Controller
-
+def test_alert_at_80_percent_fires_once_and_hard_stop_at_100(tmp_path: Path, sim, inbox):
     from llmops.airflow_adapter import budget_alert_mail
-    from llmops.platform import free_port
 
-    received: list[email.message.Message] = []
+    policy_file = write_policy(tmp_path / "p.yaml", **{"departments/support/monthly_budget_usd": 0.0006})
+    st = load_settings(home=ROOT, data_dir=tmp_path / "d", simulator_port=sim.port, policy_file=policy_file)
+    events = []
 
-    class Box:
-        async def handle_DATA(self, server, session, envelope):
-            received.append(email.message_from_bytes(envelope.original_content or envelope.content))
-            return "250 OK"
+    def alerter(event):
+        events.append(event)
+        budget_alert_mail(event)
 
-    port = free_port()
-    ctl = Controller(Box(), hostname="127.0.0.1", port=port)
-    ctl.start()
-    monkeypatch.setenv(
-        "AIRFLOW_CONN_SMTP_DEFAULT",
-        json.dumps(
-            {
-                "conn_type": "smtp",
-                "host": "127.0.0.1",
-                "port": port,
-                "extra": {"disable_ssl": True, "disable_tls": True, "from_email": "llmops@localhost", "retry_limit": 0},
-            }
-        ),
-    )
-    try:
-        policy_file = write_policy(tmp_path / "p.yaml", **{"departments/support/monthly_budget_usd": 0.0006})
-        st = load_settings(home=ROOT, data_dir=tmp_path / "d", simulator_port=sim.port, policy_file=policy_file)
-        events = []
-
-        def alerter(event):
-            events.append(event)
-            budget_alert_mail(event)
-
-        gw = Gateway(st, alerter=alerter)
-        results = [gw.process(_req(i, priority="cost")) for i in range(20)]
-    finally:
-        ctl.stop()
+    gw = Gateway(st, alerter=alerter)
+    results = [gw.process(_req(i, priority="cost")) for i in range(20)]
     statuses = [r.status for r in results]
     assert Status.BUDGET_EXCEEDED in statuses and statuses[0] == Status.OK
     assert [(e.scope, e.threshold) for e in events] == [("department", 0.8)]
@@ -164,8 +135,8 @@ def test_alert_at_80_percent_fires_once_and_hard_stop_at_100(tmp_path: Path, sim
         assert s.scalar(select(func.count()).select_from(BudgetAlert)) == 1
     spent, reserved = gw.ledger.month_usage("support", gw.budget.month())
     assert reserved == 0 and spent <= to_nano("0.0006")
-    assert len(received) == 1 and "passed 80%" in received[0]["Subject"]
-    assert "support-head@example.com" in received[0]["To"]
+    [mail] = inbox.messages
+    assert "passed 80%" in mail["Subject"] and "support-head@example.com" in mail["X-Envelope-To"]
     # a second gateway (another worker) does not fire the same alert again
     Gateway(st, alerter=alerter).budget.after_settle(
         "support", "hana.sato@example.com", "support_ticket_classify", gw.budget.month()

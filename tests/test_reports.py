@@ -3,7 +3,6 @@ on loopback, totals checked against independent SQL, every corruption withholdin
 
 from __future__ import annotations
 
-import email
 import io
 import random
 import re
@@ -95,53 +94,6 @@ def seeded(tmp_path: Path, sim):
     seed(ledger, PREV, 300, 1)
     seed(ledger, MONTH, 400, 2)
     return settings, ledger
-
-
-class Inbox:
-    def __init__(self) -> None:
-        self.messages: list[Message] = []
-
-    async def handle_DATA(self, server, session, envelope):
-        msg = email.message_from_bytes(envelope.original_content or envelope.content)
-        msg["X-Envelope-To"] = ", ".join(envelope.rcpt_tos)
-        self.messages.append(msg)
-        return "250 Message accepted for delivery"
-
-    def to(self, address: str) -> list[Message]:
-        return [m for m in self.messages if address in m["X-Envelope-To"]]
-
-
-@pytest.fixture
-def inbox(monkeypatch):
-    import json
-
-    from aiosmtpd.controller import Controller
-
-    from llmops.platform import free_port
-
-    box = Inbox()
-    port = free_port()
-    ctl = Controller(box, hostname="127.0.0.1", port=port)
-    ctl.start()
-    monkeypatch.setenv(
-        "AIRFLOW_CONN_SMTP_DEFAULT",
-        json.dumps(
-            {
-                "conn_type": "smtp",
-                "host": "127.0.0.1",
-                "port": port,
-                "extra": {
-                    "disable_ssl": True,
-                    "disable_tls": True,
-                    "from_email": "llmops@localhost",
-                    "retry_limit": 0,
-                    "timeout": 10,
-                },
-            }
-        ),
-    )
-    yield box
-    ctl.stop()
 
 
 def sql_totals(db: Path, month: str) -> dict[str, int]:
