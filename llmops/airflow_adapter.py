@@ -204,3 +204,67 @@ def budget_alert_mail(event: Any) -> None:
     SmtpNotifier(
         to=list(event.recipients), subject=event.subject, html_content=html, smtp_conn_id="smtp_default"
     ).notify({})
+
+
+# -- nightly evaluation -------------------------------------------------------------------------------
+def eval_night(params: dict[str, Any], run_after: Any, dag_file: str | None = None) -> str:
+    from zoneinfo import ZoneInfo
+
+    if params.get("night"):
+        return str(params["night"])
+    return run_after.astimezone(ZoneInfo(settings_for(dag_file).timezone)).strftime("%Y-%m-%d")
+
+
+def eval_prompts_task(params: dict[str, Any], dag_file: str | None = None) -> list[str]:
+    from llmops.prompts import PromptLibrary
+
+    def run() -> list[str]:
+        s = settings_for(dag_file)
+        names = PromptLibrary(s.prompts_path).names()
+        wanted = list(params.get("prompts") or [])
+        unknown = sorted(set(wanted) - set(names))
+        if unknown:
+            from llmops.errors import PromptError
+
+            raise PromptError(f"unknown prompt(s) {', '.join(unknown)}", f"use some of: {', '.join(names)}")
+        return wanted or names
+
+    return _guarded(run)
+
+
+def eval_prompt_task(prompt: str, night: str, dag_file: str | None = None) -> dict[str, Any]:
+    from llmops.evaluation import evaluate_prompt
+
+    def run() -> dict[str, Any]:
+        gw = _gateway(dag_file)
+        try:
+            return evaluate_prompt(gw, prompt, night=night, margin=gw.settings.regression_margin).summary()
+        finally:
+            gw.close()
+
+    return _guarded(run)
+
+
+def eval_report_task(summaries: Iterable[dict[str, Any]], night: str, dag_file: str | None = None) -> dict[str, Any]:
+    from llmops.evaluation import alert_regressions
+    from llmops.evaluation.regression import Regression
+
+    results = list(summaries)
+    regressions = [
+        Regression(**{**d, "worst_cases": tuple(d["worst_cases"])}) for s in results for d in s["regression_details"]
+    ]
+    gw = _gateway(dag_file)
+    try:
+        alerted = alert_regressions(gw, regressions, night, send_email)
+    finally:
+        gw.close()
+    for r in regressions:
+        log.warning("regression: %s", r.line())
+    return {
+        "night": night,
+        "prompts": len(results),
+        "runs": sum(len(s["runs"]) for s in results),
+        "new_calls": sum(r["new_calls"] for s in results for r in s["runs"]),
+        "regressions": [r.line() for r in regressions],
+        "alerted": alerted,
+    }

@@ -26,6 +26,7 @@ mail_app = typer.Typer(no_args_is_help=True, help="The local SMTP sink.")
 db_app = typer.Typer(no_args_is_help=True, help="The ledger database.")
 budget_app = typer.Typer(no_args_is_help=True, help="Budgets.")
 report_app = typer.Typer(no_args_is_help=True, help="Cost reports.")
+eval_app = typer.Typer(no_args_is_help=True, help="Quality evaluation on golden sets.")
 app.add_typer(prompts_app, name="prompts")
 app.add_typer(batch_app, name="batch")
 app.add_typer(sim_app, name="sim")
@@ -33,6 +34,7 @@ app.add_typer(mail_app, name="mail")
 app.add_typer(db_app, name="db")
 app.add_typer(budget_app, name="budget")
 app.add_typer(report_app, name="report")
+app.add_typer(eval_app, name="eval")
 
 
 def _settings(**overrides: Any) -> Any:
@@ -374,6 +376,102 @@ def report_monthly(
             f"cost report {month} withheld: data validation failed",
             f"fix the ledger rows listed in {report.validation_file}, then rerun",
         )
+
+
+@eval_app.command("run")
+def eval_run(
+    prompt: Annotated[str, typer.Option(help="prompt name")],
+    version: Annotated[str | None, typer.Option(help="one version (default: production, else latest)")] = None,
+    all_versions: Annotated[bool, typer.Option("--all-versions", help="every version")] = False,
+    model: Annotated[list[str] | None, typer.Option(help="candidate model(s); default: the prompt's list")] = None,
+    track: Annotated[bool, typer.Option(help="log the runs to MLflow")] = True,
+    night: Annotated[str | None, typer.Option(help="YYYY-MM-DD; default: today in LLMOPS_TIMEZONE")] = None,
+) -> None:
+    """Evaluate prompt versions on their golden set through the request path (cached through the ledger)."""
+    from llmops.evaluation import evaluate_prompt, tonight
+    from llmops.gateway import Gateway
+
+    _quiet_logs()
+    s = _settings()
+    gw = Gateway(s)
+    meta = gw.library.meta(prompt)
+    if all_versions:
+        versions = None
+    else:
+        ref = f"{prompt}@{version}" if version else prompt
+        versions = [str(gw.library.resolve(ref).version)]
+    for m in model or []:
+        gw.policy.model(m)
+    result = evaluate_prompt(
+        gw,
+        prompt,
+        night=night or tonight(s.timezone),
+        versions=versions,
+        models=model or None,
+        track=track,
+        margin=s.regression_margin,
+    )
+    typer.echo(f"{prompt} ({meta.task_type}, pass threshold {meta.quality_threshold}) — night {result.night}")
+    typer.echo(f"{'version':10} {'model':12} {'overall':>8} {'pass':>7} {'new calls':>10} {'cost USD':>12}")
+    for r in result.runs:
+        typer.echo(
+            f"{r.version:10} {r.model:12} {r.overall:8.3f} {r.pass_rate:7.1%} {r.new_calls:10d} "
+            f"{r.cost_nanousd / 1e9:12.6f}"
+        )
+    for reg in result.regressions:
+        typer.echo(f"REGRESSION {reg.line()}")
+    if track:
+        typer.echo(f"MLflow: experiment llmops/{prompt} at {s.mlflow_uri}")
+
+
+@eval_app.command("compare")
+def eval_compare(
+    prompt: str,
+    a: Annotated[str, typer.Argument(help="version A")],
+    b: Annotated[str, typer.Argument(help="version B")],
+) -> None:
+    """Metric deltas between two versions from the latest night that evaluated both."""
+    from sqlalchemy import select
+
+    from llmops.errors import PromptError
+    from llmops.ledger import EvalResult, Ledger
+
+    s = _settings()
+    lib = _library()
+    va, vb = str(lib.resolve(f"{prompt}@{a}").version), str(lib.resolve(f"{prompt}@{b}").version)
+    led = Ledger(s.ledger_database_url)
+    with led.transaction() as session:
+        rows = list(
+            session.scalars(
+                select(EvalResult)
+                .where(EvalResult.prompt_name == prompt, EvalResult.prompt_version.in_([va, vb]))
+                .order_by(EvalResult.night)
+            )
+        )
+    nights = {r.night for r in rows if r.prompt_version == va} & {r.night for r in rows if r.prompt_version == vb}
+    if not nights:
+        raise PromptError(
+            f"no night evaluated both {prompt}@{va} and {prompt}@{vb}",
+            f"run: llmops eval run --prompt {prompt} --all-versions",
+        )
+    night = max(nights)
+    latest = {(r.prompt_version, r.model): r for r in rows if r.night == night}
+    typer.echo(f"{prompt}: {va} → {vb}, night {night}")
+    for model in sorted({m for _, m in latest}):
+        ra, rb = latest.get((va, model)), latest.get((vb, model))
+        if ra is None or rb is None:
+            continue
+        ma, mb = (
+            {**json.loads(ra.metrics), "overall": ra.overall, "pass_rate": ra.pass_rate},
+            {**json.loads(rb.metrics), "overall": rb.overall, "pass_rate": rb.pass_rate},
+        )
+        typer.echo(f"\n  {model}")
+        typer.echo(f"  {'metric':14} {va:>10} {vb:>10} {'delta':>9}")
+        for name in sorted(set(ma) | set(mb)):
+            x, y = ma.get(name), mb.get(name)
+            if x is None or y is None:
+                continue
+            typer.echo(f"  {name:14} {x:10.3f} {y:10.3f} {y - x:+9.3f}")
 
 
 @app.command("demo")

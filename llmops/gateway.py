@@ -72,7 +72,11 @@ class Gateway:
         self.provider = provider or LiteLLMProvider(
             settings.simulator_url, settings.simulator_api_key.get_secret_value()
         )
-        self.router = router or Router(self.policy, latency=self._observed_p95())
+        if router is None:
+            from llmops.evaluation.nightly import measured_quality
+
+            router = Router(self.policy, quality=measured_quality(self), latency=self._observed_p95())
+        self.router = router
         self.budget = Budget(self.ledger, self.policy, settings.timezone, alerter)
         self.breaker = breaker or CircuitBreaker(settings.breaker_failures, settings.breaker_cooldown_s)
         self._sleep = sleep

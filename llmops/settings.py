@@ -42,6 +42,9 @@ class Settings(BaseSettings):
     max_retries: int = Field(3, ge=0, le=10)
     breaker_failures: int = Field(5, ge=1, description="consecutive failures that open an endpoint's circuit")
     breaker_cooldown_s: float = Field(30.0, gt=0)
+    eval_user: str = Field("platform-admin@example.com", description="identity the nightly evaluation runs as")
+    eval_department: str = Field("platform", description="budget the nightly evaluation is billed to")
+    regression_margin: float = Field(0.05, ge=0, le=1, description="metric drop that counts as a regression")
     latency_window_hours: float = Field(24.0, gt=0, description="window of the ledger's observed p95 latency")
 
     @field_validator("timezone")

@@ -130,3 +130,27 @@ class BatchRun(Base):
     output_path: Mapped[str | None] = mapped_column(Text)
     started_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+
+class EvalResult(Base):
+    """One row per night × prompt version × model: the quality table the router reads."""
+
+    __tablename__ = "eval_results"
+
+    id: Mapped[int] = mapped_column(_BigId, primary_key=True, autoincrement=True)
+    night: Mapped[str] = mapped_column(String(10))
+    prompt_name: Mapped[str] = mapped_column(String(100))
+    prompt_version: Mapped[str] = mapped_column(String(50))
+    model: Mapped[str] = mapped_column(String(100))
+    cases: Mapped[int] = mapped_column(Integer)
+    overall: Mapped[float] = mapped_column(Float)
+    pass_rate: Mapped[float] = mapped_column(Float)
+    metrics: Mapped[str] = mapped_column(Text)  # JSON {metric: mean}
+    cost_nanousd: Mapped[int] = mapped_column(BigInteger)
+    mlflow_run_id: Mapped[str | None] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+    __table_args__ = (
+        UniqueConstraint("night", "prompt_name", "prompt_version", "model", name="uq_eval_results_night"),
+        Index("ix_eval_results_prompt_model", "prompt_name", "model", "night"),
+    )
