@@ -44,6 +44,7 @@ class Settings(BaseSettings):
     breaker_cooldown_s: float = Field(30.0, gt=0)
     eval_user: str = Field("platform-admin@example.com", description="identity the nightly evaluation runs as")
     eval_department: str = Field("platform", description="budget the nightly evaluation is billed to")
+    eval_judge: bool = Field(True, description="score answers with the LLM-as-judge prompt quality_judge")
     regression_margin: float = Field(0.05, ge=0, le=1, description="metric drop that counts as a regression")
     latency_window_hours: float = Field(24.0, gt=0, description="window of the ledger's observed p95 latency")
 

@@ -148,6 +148,7 @@ def test_nightly_dag_tracks_every_version_and_model_in_mlflow(tmp_path: Path, fa
 def _degraded_library(tmp_path: Path) -> Path:
     root = tmp_path / "prompts"
     shutil.copytree(ROOT / "prompts" / "support_ticket_classify", root / "support_ticket_classify")
+    shutil.copytree(ROOT / "prompts" / "quality_judge", root / "quality_judge")
     (root / "support_ticket_classify" / "1.2.0.j2").write_text(
         "{% block system %}You help customers. Reply in one friendly sentence.{% endblock %}\n"
         "{% block user %}<record>\nSubject: {{ subject }}\n{{ body }}\n</record>{% endblock %}\n"
@@ -164,6 +165,14 @@ def test_degraded_version_triggers_the_regression_alert(tmp_path: Path, fast_sim
     )
     gw = Gateway(st)
     night = evaluate_prompt(gw, "support_ticket_classify", night="2026-11-22", models=["sim-medium"], track=False)
+    assert all("llm_judge" in r.metric_means for r in night.runs)  # the judge scored every run
+    from sqlalchemy import select
+
+    from llmops.ledger import LlmCall
+
+    with gw.ledger.transaction() as s:
+        judged = list(s.scalars(select(LlmCall).where(LlmCall.purpose == "judge")))
+    assert judged and all(r.prompt_name == "quality_judge" and r.reasons.startswith("route.quality") for r in judged)
     degraded = [r for r in night.regressions if r.version == "1.2.0"]
     assert degraded and {r.baseline for r in degraded} == {"production 1.1.0"}
     assert {"json_valid", "overall", "pass_rate"} <= {r.metric for r in degraded}
@@ -229,3 +238,80 @@ def test_cli_eval_run_and_compare(tmp_path: Path, fast_sim):
     )
     assert r.returncode == 2 and "no version 9.9.9" in r.stderr
     json.dumps(r.stdout)
+
+
+def test_mlflow_compare_view_of_two_versions(tmp_path: Path, fast_sim):
+    """Two versions of a prompt side by side in MLflow's compare view (headless Chromium screenshot)."""
+    import subprocess
+    import sys
+    import time
+    import urllib.parse
+
+    import httpx
+    from playwright.sync_api import sync_playwright
+
+    from llmops.platform import free_port
+
+    st = load_settings(home=ROOT, data_dir=tmp_path / "data", simulator_port=fast_sim.port)
+    gw = Gateway(st)
+    night = evaluate_prompt(gw, "support_ticket_classify", night="2026-11-24", models=["sim-medium"])
+    runs = [night.mlflow_runs[f"{v}|sim-medium"] for v in ("1.0.0", "1.1.0")]
+    port = free_port()
+    bindir = Path(sys.executable).parent
+    server = subprocess.Popen(
+        [
+            str(bindir / "mlflow"),
+            "server",
+            "--backend-store-uri",
+            st.mlflow_uri,
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+            "--default-artifact-root",
+            str(tmp_path / "artifacts"),
+        ],
+        env=dict(os.environ, LITELLM_LOCAL_MODEL_COST_MAP="True", MLFLOW_DISABLE_TELEMETRY="true"),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).is_success:
+                    break
+            except httpx.HTTPError:
+                time.sleep(1)
+        import mlflow
+
+        mlflow.set_tracking_uri(st.mlflow_uri)
+        exp = mlflow.get_experiment_by_name("llmops/support_ticket_classify").experiment_id
+        url = (
+            f"http://127.0.0.1:{port}/#/compare-runs?runs={urllib.parse.quote(json.dumps(runs))}"
+            f"&experiments={urllib.parse.quote(json.dumps([exp]))}"
+        )
+        shot = ROOT / "test-artifacts" / "mlflow_compare_support_ticket_classify.png"
+        shot.parent.mkdir(exist_ok=True)
+        with sync_playwright() as pw:
+            browser = pw.chromium.launch(
+                executable_path=shutil.which("chromium"),
+                args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"],
+            )
+            page = browser.new_page(viewport={"width": 1500, "height": 1100})
+            page.goto(url)
+            page.get_by_text("Comparing 2 Runs").wait_for(timeout=60_000)
+            page.get_by_text("support_ticket_classify@1.1.0 · sim-medium").first.wait_for(timeout=30_000)
+            text = page.inner_text("body")
+            assert "support_ticket_classify@1.0.0 · sim-medium" in text and "exact_match/mean" in text
+            page.screenshot(path=str(shot))
+            browser.close()
+        print(f"screenshot: {shot}")
+    finally:
+        import signal
+
+        os.killpg(server.pid, signal.SIGTERM)  # mlflow server and its uvicorn workers
+        server.wait(30)

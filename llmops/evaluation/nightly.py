@@ -17,7 +17,7 @@ from sqlalchemy import select
 from llmops.errors import RequestError
 from llmops.evaluation.golden import golden_hash, load_golden
 from llmops.evaluation.regression import Regression, detect_regressions
-from llmops.evaluation.runner import EvalRun, evaluate
+from llmops.evaluation.runner import JUDGE_PROMPT, EvalRun, evaluate
 from llmops.gateway import Gateway
 from llmops.ledger import EvalResult
 
@@ -82,7 +82,15 @@ def evaluate_prompt(
     result = PromptNight(prompt, night)
     for pv in chosen:
         for model in candidates:
-            run = evaluate(gw, pv, model, cases, user=s.eval_user, department=s.eval_department)
+            run = evaluate(
+                gw,
+                pv,
+                model,
+                cases,
+                user=s.eval_user,
+                department=s.eval_department,
+                judge=s.eval_judge and JUDGE_PROMPT in gw.library.names(),
+            )
             result.runs.append(run)
             log.info(
                 "eval %s@%s on %s: overall %.3f pass %.0f%% (%d new calls)",

@@ -20,6 +20,7 @@ from llmops.prompts import PromptVersion, canonical_json
 from llmops.types import Request, Result, Status
 
 EVAL_RUN_ID = "llmops-evaluation"
+JUDGE_PROMPT = "quality_judge"
 
 
 @dataclass
@@ -97,8 +98,48 @@ def case_key(case: GoldenCase, pv: PromptVersion, model: str) -> str:
     return f"{case.id}:{hashlib.sha256(material.encode()).hexdigest()[:20]}"
 
 
+def _judge(
+    gw: Gateway, pv: PromptVersion, case: GoldenCase, output: str, model: str, *, user: str, department: str
+) -> float | None:
+    """LLM-as-judge: the rubric is the library prompt ``quality_judge``; its model is chosen by the router.
+
+    Runs through the same request path (guard, budget, ledger — and so the same cache)."""
+    import json
+
+    reference = case.expected if case.expected is not None else " ".join(case.facts)
+    req = Request(
+        user=user,
+        department=department,
+        prompt=JUDGE_PROMPT,
+        purpose="judge",
+        run_id=EVAL_RUN_ID,
+        record_key=f"judge:{case_key(case, pv, model)}:{hashlib.sha256(output.encode()).hexdigest()[:16]}",
+        variables={
+            "task": f"{pv.meta.description}\nInputs: {canonical_json(case.inputs)[:6000]}",
+            "answer": output[:6000],
+            "reference": (reference if isinstance(reference, str) else canonical_json(reference))[:6000],
+        },
+        priority="quality",
+    )
+    res = gw.process(req)
+    if res.status != Status.OK or not res.output:
+        return None
+    try:
+        score = float(json.loads(res.output)["score"])
+    except (ValueError, KeyError, TypeError):
+        return None
+    return min(1.0, max(0.0, score))
+
+
 def evaluate(
-    gw: Gateway, pv: PromptVersion, model: str, cases: list[GoldenCase], *, user: str, department: str
+    gw: Gateway,
+    pv: PromptVersion,
+    model: str,
+    cases: list[GoldenCase],
+    *,
+    user: str,
+    department: str,
+    judge: bool = True,
 ) -> EvalRun:
     run = EvalRun(pv.name, str(pv.version), model, pv.meta.quality_threshold)
 
@@ -120,6 +161,10 @@ def evaluate(
                 output=res.output, expected=case.expected, facts=case.facts, inputs=case.inputs, spec=pv.meta.output
             )
             scores = score_case(view)
+        if scores and judge and pv.meta.task_type != "evaluation":
+            verdict = _judge(gw, pv, case, res.output or "", model, user=user, department=department)
+            if verdict is not None:
+                scores["llm_judge"] = verdict
         total = overall(scores, pv.meta.metric_weights) if scores else 0.0
         return CaseResult(
             case_id=case.id,

@@ -144,7 +144,36 @@ def _extract(model: SimModel, instructions: str, record: str) -> str:
     return joiner.join(chosen)
 
 
+def _tag(text: str, name: str) -> str | None:
+    m = re.search(rf"<{name}>(.*?)</{name}>", text, re.S)
+    return m.group(1).strip() if m else None
+
+
+def _judge(model: SimModel, joined: str) -> str:
+    """Score an answer by its overlap with the reference (or the task): bag-of-terms F1."""
+    answer_text = _tag(joined, "answer") or ""
+    reference = _tag(joined, "reference") or _tag(joined, "task") or ""
+    a, r = Counter(_terms(answer_text)), Counter(_terms(reference))
+    common = sum((a & r).values())
+    if not a or not r or common == 0:
+        score = 0.0
+    else:
+        precision, recall = common / sum(a.values()), common / sum(r.values())
+        score = 2 * precision * recall / (precision + recall)
+    if model.level >= 2:  # larger judges check structured answers exactly
+        try:
+            if json.loads(answer_text) == json.loads(reference):
+                score = 1.0
+        except ValueError:
+            pass
+    verdict = "agrees with the reference" if score >= 0.5 else "misses the reference"
+    return json.dumps({"score": round(score, 2), "reason": f"The answer {verdict}."})
+
+
 def answer(model: SimModel, messages: list[dict[str, str]]) -> str:
+    joined = "\n\n".join(str(m.get("content") or "") for m in messages)
+    if "<answer>" in joined and re.search(r'"score"', joined):
+        return _judge(model, joined)
     instructions, record = _split_sections(messages)
     if re.search(r"\bjson\b", instructions, re.I) and _CATEGORY_LINE.search(instructions):
         return _classify(model, instructions, record)
