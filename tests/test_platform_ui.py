@@ -93,7 +93,11 @@ def test_up_serves_airflow_mlflow_simulator_and_mail(platform):
         f"{base}/auth/token", json={"username": "admin", "password": platform["password"]}, timeout=10
     ).json()["access_token"]
     dags = httpx.get(f"{base}/api/v2/dags", headers={"Authorization": f"Bearer {token}"}, timeout=10).json()["dags"]
-    assert {d["dag_id"]: d["is_paused"] for d in dags} == {"llm_batch": False, "monthly_cost_report": False}
+    assert {d["dag_id"]: d["is_paused"] for d in dags} == {
+        "llm_batch": False,
+        "monthly_cost_report": False,
+        "nightly_regression": False,
+    }
     import smtplib
     from email.message import EmailMessage
 
