@@ -27,6 +27,7 @@ db_app = typer.Typer(no_args_is_help=True, help="The ledger database.")
 budget_app = typer.Typer(no_args_is_help=True, help="Budgets.")
 report_app = typer.Typer(no_args_is_help=True, help="Cost reports.")
 eval_app = typer.Typer(no_args_is_help=True, help="Quality evaluation on golden sets.")
+guard_app = typer.Typer(no_args_is_help=True, help="The security gateway: pre-screening and quarantine.")
 app.add_typer(prompts_app, name="prompts")
 app.add_typer(batch_app, name="batch")
 app.add_typer(sim_app, name="sim")
@@ -35,6 +36,7 @@ app.add_typer(db_app, name="db")
 app.add_typer(budget_app, name="budget")
 app.add_typer(report_app, name="report")
 app.add_typer(eval_app, name="eval")
+app.add_typer(guard_app, name="guard")
 
 
 def _settings(**overrides: Any) -> Any:
@@ -376,6 +378,56 @@ def report_monthly(
             f"cost report {month} withheld: data validation failed",
             f"fix the ledger rows listed in {report.validation_file}, then rerun",
         )
+
+
+@guard_app.command("scan")
+def guard_scan(
+    file: Annotated[Path | None, typer.Argument(help="JSONL file; default: standard input")] = None,
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="JSONL file; default: standard output")] = None,
+) -> None:
+    """Pre-screen JSONL records {"text", "user", "department", "data_class"}: decision, findings, redacted text."""
+    from collections import Counter
+
+    from llmops.policy import load_policy
+    from llmops.scan import scan_lines
+
+    policy = load_policy(_settings().policy_path)
+    if file is not None and not file.exists():
+        raise LlmopsError(f"{file}: file not found", "pass a JSONL file or pipe records on standard input")
+    source = file.open(encoding="utf-8") if file is not None else sys.stdin
+    sink = output.open("w", encoding="utf-8") if output is not None else sys.stdout
+    decisions: Counter[str] = Counter()
+    try:
+        for result in scan_lines(source, policy):
+            decisions[result["decision"]] += 1
+            sink.write(json.dumps(result, ensure_ascii=False) + "\n")
+    finally:
+        if file is not None:
+            source.close()
+        if output is not None:
+            sink.close()
+    typer.echo("scanned: " + ", ".join(f"{k}={v}" for k, v in sorted(decisions.items())), err=True)
+
+
+@guard_app.command("quarantine")
+def guard_quarantine(run: Annotated[str | None, typer.Option(help="only this run")] = None) -> None:
+    """Blocked and denied records awaiting review: reason, rule, finding types and counts (never raw PII)."""
+    from sqlalchemy import select
+
+    from llmops.ledger import Ledger, Quarantine
+
+    led = Ledger(_settings().ledger_database_url)
+    stmt = select(Quarantine).order_by(Quarantine.id)
+    if run:
+        stmt = stmt.where(Quarantine.run_id == run)
+    with led.transaction() as s:
+        rows = list(s.scalars(stmt))
+    for q in rows:
+        typer.echo(
+            f"{q.created_at:%Y-%m-%d %H:%M} {q.status:8} {q.run_id} {q.record_key} {q.prompt_name}@"
+            f"{q.prompt_version} {q.department}/{q.user} rule={q.rule} findings={q.findings}"
+        )
+    typer.echo(f"{len(rows)} quarantined record(s)", err=True)
 
 
 @eval_app.command("run")

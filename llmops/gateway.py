@@ -401,6 +401,8 @@ class Gateway:
                 output=None,
                 attempts=0,
             )
+            if status in (Status.BLOCKED, Status.DENIED):
+                self._quarantine(s, ctx, status, reasons, findings or {})
         result = _from_row(row, replayed=False)
         log_call(
             result,
@@ -410,6 +412,31 @@ class Gateway:
             prompt_excerpt=prompt_excerpt,
         )
         return result
+
+    def _quarantine(self, s: Any, ctx: _Ctx, status: Status, reasons: list[str], findings: dict[str, int]) -> None:
+        """Record a blocked/denied request for review: rule, reason, finding types and counts — no text."""
+        from sqlalchemy import select
+
+        from llmops.ledger import Quarantine
+
+        fields = {
+            "run_id": ctx.req.run_id,
+            "record_key": ctx.req.record_key,
+            "user": ctx.req.user,
+            "department": ctx.req.department,
+            "prompt_name": ctx.base["prompt_name"],
+            "prompt_version": ctx.base["prompt_version"],
+            "status": str(status),
+            "rule": (reasons[0].split(":", 1)[0] if reasons else str(status))[:200],
+            "reason": "; ".join(reasons),
+            "findings": json.dumps(findings, sort_keys=True),
+        }
+        row = s.scalar(select(Quarantine).where(Quarantine.request_key == ctx.key))
+        if row is None:
+            s.add(Quarantine(request_key=ctx.key, **fields))
+        else:
+            for k, v in fields.items():
+                setattr(row, k, v)
 
     def close(self) -> None:
         self.ledger.dispose()

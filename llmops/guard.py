@@ -220,7 +220,7 @@ def guard_variables(variables: Mapping[str, Any], policy: GuardPolicy) -> GuardV
     try:
         return _guard(variables, policy)
     except Exception as exc:
-        return GuardVerdict("block", {}, rule=f"guard.error: {type(exc).__name__}")
+        return GuardVerdict("block", {}, rule=f"guard_error: {type(exc).__name__}")
 
 
 def _guard(variables: Mapping[str, Any], policy: GuardPolicy) -> GuardVerdict:

@@ -154,3 +154,23 @@ class EvalResult(Base):
         UniqueConstraint("night", "prompt_name", "prompt_version", "model", name="uq_eval_results_night"),
         Index("ix_eval_results_prompt_model", "prompt_name", "model", "night"),
     )
+
+
+class Quarantine(Base):
+    """Blocked and denied records for review by the data owner. Holds finding types and counts only."""
+
+    __tablename__ = "quarantine"
+
+    id: Mapped[int] = mapped_column(_BigId, primary_key=True, autoincrement=True)
+    request_key: Mapped[str] = mapped_column(String(32), unique=True)
+    run_id: Mapped[str] = mapped_column(String(250), index=True)
+    record_key: Mapped[str] = mapped_column(String(250))
+    user: Mapped[str] = mapped_column(String(250))
+    department: Mapped[str] = mapped_column(String(100))
+    prompt_name: Mapped[str] = mapped_column(String(100))
+    prompt_version: Mapped[str] = mapped_column(String(50))
+    status: Mapped[str] = mapped_column(String(20))
+    rule: Mapped[str] = mapped_column(String(200))
+    reason: Mapped[str] = mapped_column(Text)
+    findings: Mapped[str] = mapped_column(Text)  # JSON {type: count}
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)

@@ -22,6 +22,8 @@ from aiohttp import web
 from llmops.simulator.behaviour import MODELS, SimModel, answer
 from llmops.tokens import count_messages, count_text, truncate
 
+RECEIVED = web.AppKey("received", list)
+
 
 @dataclass
 class SimConfig:
@@ -38,6 +40,7 @@ class SimConfig:
     send_ratelimit_headers: bool = True
     model_limits: dict[str, tuple[int, int]] = field(default_factory=dict)  # name -> (rpm, tpm)
     model_error_rates: dict[str, float] = field(default_factory=dict)  # name -> error rate (overrides)
+    record_requests: bool = False  # keep received messages in memory (tests: "what did the provider see?")
 
 
 class _Bucket:
@@ -102,6 +105,7 @@ def build_app(config: SimConfig) -> web.Application:
     rng = random.Random(config.seed)
     limits: dict[str, _Limits] = {}
     stats = {"requests": 0, "ok": 0, "rate_limited": 0, "errors": 0, "timeouts": 0}
+    received: list[list[dict[str, str]]] = []
 
     def limits_for(model: SimModel) -> _Limits:
         if model.name not in limits:
@@ -126,6 +130,8 @@ def build_app(config: SimConfig) -> web.Application:
         if not isinstance(messages, list) or not messages:
             return _error(400, "messages must be a non-empty list", "invalid_request_error")
         max_tokens = int(body.get("max_tokens") or body.get("max_completion_tokens") or 512)
+        if config.record_requests:
+            received.append(messages)
         stats["requests"] += 1
         prompt_tokens = count_messages(messages)
         lim = limits_for(model)
@@ -192,6 +198,7 @@ def build_app(config: SimConfig) -> web.Application:
         return web.json_response({"status": "ok", **stats})
 
     app = web.Application(client_max_size=8 * 1024 * 1024)
+    app[RECEIVED] = received
     app.router.add_post("/v1/chat/completions", completions)
     app.router.add_post("/chat/completions", completions)
     app.router.add_get("/v1/models", models)
@@ -208,6 +215,11 @@ class _Running:
         self, loop: asyncio.AbstractEventLoop, runner: web.AppRunner, thread: threading.Thread, port: int
     ) -> None:
         self.loop, self.runner, self.thread, self.port = loop, runner, thread, port
+
+    @property
+    def received(self) -> list[list[dict[str, str]]]:
+        """Messages the simulator received (only with ``record_requests=True``)."""
+        return list(self.runner.app[RECEIVED])
 
     @property
     def url(self) -> str:
