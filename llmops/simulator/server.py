@@ -22,7 +22,7 @@ from aiohttp import web
 from llmops.simulator.behaviour import MODELS, SimModel, answer
 from llmops.tokens import count_messages, count_text, truncate
 
-RECEIVED = web.AppKey("received", list)
+RECEIVED: web.AppKey[list[list[dict[str, str]]]] = web.AppKey("received")
 
 
 @dataclass
