@@ -212,14 +212,20 @@ def serve(config: SimConfig) -> None:
 
 class _Running:
     def __init__(
-        self, loop: asyncio.AbstractEventLoop, runner: web.AppRunner, thread: threading.Thread, port: int
+        self,
+        loop: asyncio.AbstractEventLoop,
+        runner: web.AppRunner,
+        thread: threading.Thread,
+        port: int,
+        received: list[list[dict[str, str]]],
     ) -> None:
         self.loop, self.runner, self.thread, self.port = loop, runner, thread, port
+        self._received = received
 
     @property
     def received(self) -> list[list[dict[str, str]]]:
         """Messages the simulator received (only with ``record_requests=True``)."""
-        return list(self.runner.app[RECEIVED])
+        return list(self._received)
 
     @property
     def url(self) -> str:
@@ -239,7 +245,9 @@ def run_in_thread(config: SimConfig) -> _Running:
 
     def main() -> None:
         asyncio.set_event_loop(loop)
-        runner = web.AppRunner(build_app(config), access_log=None)
+        app = build_app(config)
+        ready["received"] = app[RECEIVED]
+        runner = web.AppRunner(app, access_log=None)
         loop.run_until_complete(runner.setup())
         site = web.TCPSite(runner, config.host, config.port)
         loop.run_until_complete(site.start())
@@ -252,4 +260,4 @@ def run_in_thread(config: SimConfig) -> _Running:
     thread.start()
     if not started.wait(30):
         raise RuntimeError("simulator did not start")
-    return _Running(loop, ready["runner"], thread, ready["port"])
+    return _Running(loop, ready["runner"], thread, ready["port"], ready["received"])
