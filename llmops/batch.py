@@ -8,6 +8,7 @@ ledger, writes the dead-letter table and merges the output parts into one Parque
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -95,6 +96,14 @@ def read_input(source: str) -> pd.DataFrame:
     path = Path(source)
     if not path.exists():
         raise InputError(f"input file {path} does not exist", "check the path (relative paths start at LLMOPS_HOME)")
+    stat = path.stat()
+    # plan, every chunk and reconcile read the same file: parse it once per process while it is unchanged
+    return _read_file(str(path), stat.st_mtime_ns, stat.st_size)
+
+
+@functools.lru_cache(maxsize=4)
+def _read_file(source: str, _mtime_ns: int, _size: int) -> pd.DataFrame:
+    path = Path(source)
     suffix = path.suffix.lower()
     try:
         if suffix == ".csv":

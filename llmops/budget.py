@@ -71,6 +71,8 @@ class Budget:
         self.policy = policy
         self.tz = ZoneInfo(timezone)
         self.alerter = alerter
+        # thresholds known to have fired (here or in another process): skip their queries and inserts
+        self._fired: set[tuple[str, str, str, float]] = set()
 
     def month(self, when: datetime | None = None) -> str:
         return (when or datetime.now(UTC)).astimezone(self.tz).strftime("%Y-%m")
@@ -137,10 +139,14 @@ class Budget:
         """Fire every threshold the budgets have passed and that has not fired yet this month."""
         fired: list[BudgetAlertEvent] = []
         for sc in self.scopes(department, user, prompt):
+            pending = [t for t in sc.thresholds if (sc.scope, sc.key, month, t) not in self._fired]
+            if not pending:
+                continue
             spent, _ = self.ledger.month_usage(sc.key, month, scope=sc.scope)
-            for threshold in sc.thresholds:
+            for threshold in pending:
                 if spent < int(Decimal(sc.limit_nanousd) * Decimal(str(threshold))):
                     continue
+                self._fired.add((sc.scope, sc.key, month, threshold))
                 event = BudgetAlertEvent(
                     sc.scope, sc.key, month, threshold, spent, sc.limit_nanousd, self._recipients(sc, department)
                 )

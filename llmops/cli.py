@@ -118,22 +118,20 @@ def prompts_validate() -> None:
 
 
 def _check_golden(path: Path, lib: Any, name: str) -> int:
-    if not path.exists():
-        raise LlmopsError(f"{path}: missing golden set", "add eval/golden.jsonl with at least 20 cases")
-    pv = lib.resolve(f"{name}@latest")
-    count = 0
-    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            case = json.loads(line)
-            lib.render(pv, case["inputs"])
-        except (ValueError, KeyError, TypeError) as exc:
-            raise LlmopsError(
-                f"{path}:{lineno}: malformed golden case: {exc}", "each line is JSON with an 'inputs' mapping"
-            ) from None
-        count += 1
-    return count
+    """Validate the golden set (the evaluation's own loader) and render every case with every version."""
+    from llmops.evaluation.golden import load_golden
+
+    cases = load_golden(path)
+    for pv in lib.versions(name):
+        for case in cases:
+            try:
+                lib.render(pv, case.inputs)
+            except LlmopsError as exc:
+                raise LlmopsError(
+                    f"{path}: case {case.id!r} does not render with {pv.ref}: {exc.problem}",
+                    exc.fix or "fix the case's inputs",
+                ) from None
+    return len(cases)
 
 
 # -- batch ----------------------------------------------------------------------------------------

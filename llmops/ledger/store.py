@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -201,7 +201,3 @@ class Ledger:
     def batch_run(self, run_id: str) -> BatchRun | None:
         with self._sessions() as s:
             return s.get(BatchRun, run_id)
-
-
-def now_utc() -> datetime:
-    return datetime.now(UTC)

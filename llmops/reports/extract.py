@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC
 
 import pandas as pd
 from sqlalchemy import func, select
@@ -52,7 +52,3 @@ def ledger_total_nano(ledger: Ledger, month: str) -> int:
             select(func.coalesce(func.sum(LlmCall.cost_nanousd), 0)).where(LlmCall.budget_month == month)
         ).scalar_one()
     return int(total)
-
-
-def as_utc(dt: datetime) -> datetime:
-    return dt if dt.tzinfo else dt.replace(tzinfo=UTC)
