@@ -14,7 +14,7 @@ $(UV): requirements-uv.txt
 	touch $@
 
 .venv/.synced: $(UV) uv.lock pyproject.toml
-	$(UV) sync --frozen --quiet
+	$(UV) sync --frozen --all-extras --quiet
 	touch $@
 
 install: .venv/.synced

@@ -11,7 +11,7 @@ Alert thresholds (default 80 %) fire exactly once per budget, month and threshol
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -134,6 +134,42 @@ class Budget:
                     used,
                 )
         return Reservation(True, "budget.reserved", scopes[0].limit_nanousd, first_used)
+
+    def reserve_many(
+        self,
+        session: Session,
+        *,
+        department: str,
+        month: str,
+        user: str,
+        prompt: str,
+        items: Sequence[tuple[int, int]],
+    ) -> tuple[int, Reservation]:
+        """Check and hold a group's estimates in one transaction (the batch engine's admission).
+
+        ``items`` are ``(estimate_nano, already_reserved_nano)`` per request, in order; the longest prefix
+        that fits every applicable budget is admitted. Returns ``(admitted, reservation)`` where the
+        reservation is the refusal of the first item that did not fit (or ``ok`` when all did)."""
+        scopes = self.scopes(department, user, prompt)
+        self._lock(session, scopes, month)
+        admitted = len(items)
+        refusal: Reservation | None = None
+        for sc in scopes:
+            spent, reserved = self.ledger.month_usage(sc.key, month, session, scope=sc.scope)
+            used = spent + reserved
+            for i, (estimate, own) in enumerate(items[:admitted]):
+                if used - own + estimate > sc.limit_nanousd:
+                    admitted = i
+                    refusal = Reservation(
+                        False,
+                        f"budget.hard_stop: {sc.scope} {sc.key} has used ${usd(used - own):.4f} of "
+                        f"${usd(sc.limit_nanousd):.2f} in {month}; this call needs up to ${usd(estimate):.6f}",
+                        sc.limit_nanousd,
+                        used - own,
+                    )
+                    break
+                used += estimate - own
+        return admitted, refusal or Reservation(True, "budget.reserved", scopes[0].limit_nanousd, 0)
 
     def after_settle(self, department: str, user: str, prompt: str, month: str) -> list[BudgetAlertEvent]:
         """Fire every threshold the budgets have passed and that has not fired yet this month."""

@@ -17,9 +17,22 @@ log = logging.getLogger("llmops.calls")
 EXCERPT_CHARS = 100
 
 
+_WINDOW = 400  # characters redacted for an excerpt; doubled until well past what the excerpt shows
+
+
 def excerpt(text: str) -> str:
-    """A redacted, single-line excerpt of at most 100 characters."""
-    flat = " ".join(redact_text(text).split())
+    """A redacted, single-line excerpt of at most 100 characters.
+
+    Only a leading window is redacted (a 2 KB record costs a fifth of a full pass): the window grows until
+    the redacted text runs at least 200 characters past what the excerpt shows, so no finding that
+    touches the excerpt can be cut by the window's end."""
+    window = _WINDOW
+    while True:
+        head = text[:window]
+        flat = " ".join(redact_text(head).split())
+        if window >= len(text) or len(flat) >= EXCERPT_CHARS + 200:
+            break
+        window *= 2
     return flat if len(flat) <= EXCERPT_CHARS else flat[: EXCERPT_CHARS - 1] + "…"
 
 
@@ -41,6 +54,7 @@ def log_call(result: Result, *, user: str, department: str, prompt: str, prompt_
         "cost_usd": float(result.cost_usd),
         "quality_score": result.quality_score,
         "reasons": result.reasons,
+        "findings": result.findings,  # PII types and counts only, never values
         "replayed": result.replayed,
     }
     log.info(json.dumps(record, ensure_ascii=False))

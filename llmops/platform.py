@@ -59,7 +59,9 @@ def smtp_connection_env(settings: Settings) -> str:
 def airflow_env(settings: Settings, airflow_home: Path, api_port: int) -> dict[str, str]:
     """Environment for every Airflow process of the embedded platform."""
     venv_bin = str(Path(sys.executable).parent)
-    env = dict(os.environ)
+    # never hand a caller's MLflow run context to the platform's tasks (it names another tracking store's ids)
+    context = ("MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME", "MLFLOW_RUN_ID", "MLFLOW_ACTIVE_MODEL_ID")
+    env = {k: v for k, v in os.environ.items() if k not in context}
     env.update(
         {
             "PATH": venv_bin + os.pathsep + env.get("PATH", ""),
@@ -167,6 +169,7 @@ def run_up(
     Ledger(settings.ledger_database_url).dispose()
     env = airflow_env(settings, airflow_home, airflow_port)
     env["LLMOPS_SIMULATOR_PORT"] = str(settings.simulator_port)
+    env.setdefault("LLMOPS_MLFLOW_UI_URL", f"http://localhost:{mlflow_port}")  # links on the LLMOps page
     py = sys.executable
     bindir = Path(py).parent
     sup = Supervisor(data / "logs")
@@ -235,6 +238,7 @@ def run_up(
         )
         print(f"\nAirflow UI   http://localhost:{airflow_port}   login: admin / {password}", flush=True)
         print(f"MLflow UI    http://localhost:{mlflow_port}")
+        print(f"LLMOps page  http://localhost:{airflow_port}/plugin/llmops   metrics: /llmops/metrics")
         print(f"Simulator    {settings.simulator_url}")
         print(f"SMTP sink    {settings.smtp_host}:{settings.smtp_port} -> {settings.mail_path}/*.eml")
         print(f"DAGs         {', '.join(sorted(dag_ids))} (unpaused)")

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from llmops.errors import ConfigError
 from llmops.pricing import litellm_price
@@ -29,12 +29,20 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+class RateLimit(_Strict):
+    """Requests and tokens per minute (tokens charged as prompt tokens + max_tokens, as providers do)."""
+
+    rpm: int | None = Field(None, gt=0)
+    tpm: int | None = Field(None, gt=0)
+
+
 class Department(_Strict):
     monthly_budget_usd: Decimal = Field(gt=0)
     head: str | None = None
     recipients: list[str] = Field(default_factory=list)
     allowed_models: list[str] = Field(default_factory=lambda: ["*"])
     alert_thresholds: list[float] = Field(default_factory=lambda: [0.8])
+    rate_limit: RateLimit | None = None
 
     def allows_model(self, model: str) -> bool:
         return any(fnmatch.fnmatchcase(model, pat) for pat in self.allowed_models)
@@ -45,6 +53,7 @@ class Person(_Strict):
     roles: list[str] = Field(min_length=1)
     email: str | None = None
     monthly_budget_usd: Decimal | None = Field(None, gt=0, description="optional personal monthly limit")
+    rate_limit: RateLimit | None = None
 
 
 class Role(_Strict):
@@ -94,14 +103,61 @@ class Routing(_Strict):
     }
 
 
+def _known_pii(types: dict[str, PiiAction]) -> dict[str, PiiAction]:
+    from llmops.pii import recognizers
+
+    known = {r.entity for r in recognizers()}
+    for name in types:
+        if name not in known:
+            raise ValueError(f"unknown PII type {name!r} (known: {', '.join(sorted(known))})")
+    return types
+
+
+class DataClassRule(_Strict):
+    """How the guard treats one data class: stricter per-type actions, mandatory redaction, restoration."""
+
+    pii: dict[str, PiiAction] = Field(default_factory=dict, description="per-type overrides for this class")
+    mandatory_redaction: bool = Field(
+        default=False, description="no personal data leaves in clear: 'allow' becomes 'redact'"
+    )
+    restore_placeholders: bool | None = Field(None, description="override guard.restore_placeholders")
+
+    _check = field_validator("pii")(_known_pii)
+
+
+class GuardRules:
+    """The effective guard rules for one data class."""
+
+    def __init__(self, policy: GuardPolicy, rule: DataClassRule | None) -> None:
+        self._policy, self._rule = policy, rule
+        self.restore = policy.restore_placeholders
+        if rule is not None and rule.restore_placeholders is not None:
+            self.restore = rule.restore_placeholders
+
+    def action_for(self, pii_type: str) -> PiiAction:
+        action = self._policy.action_for(pii_type)
+        if self._rule is not None:
+            action = self._rule.pii.get(pii_type, action)
+            if self._rule.mandatory_redaction and action == "allow":
+                action = "redact"
+        return action
+
+
 class GuardPolicy(_Strict):
     pii: dict[str, PiiAction] = Field(default_factory=dict)
     default_pii_action: PiiAction = "redact"
     injection: Literal["block", "allow"] = "block"
     restore_placeholders: bool = False
+    ja_name_pipeline: bool = Field(default=False, description="Japanese person names through ja-ginza (extra 'ja')")
+    data_classes: dict[DataClass, DataClassRule] = Field(default_factory=dict)
+
+    _check = field_validator("pii")(_known_pii)
 
     def action_for(self, pii_type: str) -> PiiAction:
         return self.pii.get(pii_type, self.default_pii_action)
+
+    def for_class(self, data_class: str) -> GuardRules:
+        return GuardRules(self, self.data_classes.get(data_class))  # type: ignore[call-overload]
 
 
 class Policy(_Strict):
@@ -114,7 +170,7 @@ class Policy(_Strict):
     roles: dict[str, Role] = Field(min_length=1)
     models: dict[str, ModelEntry] = Field(min_length=1)
     routing: Routing
-    guard: GuardPolicy = Field(default_factory=GuardPolicy)
+    guard: GuardPolicy = Field(default_factory=lambda: GuardPolicy())
     prompt_budgets: dict[str, Decimal] = Field(default_factory=dict, description="optional monthly USD per prompt")
     alert_thresholds: list[float] = Field(default_factory=lambda: [0.8], description="for person/prompt budgets")
 

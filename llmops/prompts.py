@@ -140,6 +140,12 @@ class _CappedSandbox(ImmutableSandboxedEnvironment):
         return operator.mul(left, right)
 
 
+@functools.lru_cache(maxsize=256)
+def _compiled(source: str) -> jinja2.Template:
+    """A template source compiled once (compiling costs ~10 ms; templates are immutable and reentrant)."""
+    return _environment().from_string(source)
+
+
 @functools.cache
 def _environment() -> _CappedSandbox:
     return _CappedSandbox(
@@ -292,9 +298,8 @@ class PromptLibrary:
     def render(self, ref: str | PromptVersion, variables: Mapping[str, Any]) -> RenderedPrompt:
         pv = self.resolve(ref) if isinstance(ref, str) else ref
         values = self.check_variables(pv, variables)
-        env = _environment()
         try:
-            template = env.from_string(pv.source)
+            template = _compiled(pv.source)
             if "system" in template.blocks or "user" in template.blocks:
                 ctx = template.new_context(values)
                 messages = []

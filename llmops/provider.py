@@ -2,7 +2,9 @@
 
 litellm is imported lazily (it takes ~6 s) with its cost map forced local (no network). Vendor
 exceptions are wrapped in :class:`~llmops.errors.ProviderError` with ``retryable`` and
-``retry_after`` set; API keys never appear in messages.
+``retry_after`` set; API keys never appear in messages. :meth:`LiteLLMProvider.acomplete` is the
+asyncio twin used by the batch engine; it also returns the provider's ``x-ratelimit-*`` headers (on
+success and on errors) so the engine can learn the limits.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ from __future__ import annotations
 import functools
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,6 +29,13 @@ class Completion:
     completion_tokens: int
     latency_ms: int
     finish_reason: str | None
+    headers: Mapping[str, str] | None = None  # rate-limit headers of the response (acomplete only)
+
+
+class ProviderCallError(ProviderError):
+    """A failed call, with the response headers (``x-ratelimit-*``, ``retry-after``) when there were any."""
+
+    headers: Mapping[str, str] | None = None
 
 
 @functools.cache
@@ -107,19 +116,55 @@ class LiteLLMProvider:
             )
         except Exception as exc:
             raise _wrap(exc, entry) from None
-        latency = int((time.perf_counter() - started) * 1000)
-        choice = resp.choices[0]
-        usage = getattr(resp, "usage", None)
-        return Completion(
-            text=choice.message.content or "",
-            prompt_tokens=int(getattr(usage, "prompt_tokens", 0) or 0),
-            completion_tokens=int(getattr(usage, "completion_tokens", 0) or 0),
-            latency_ms=latency,
-            finish_reason=getattr(choice, "finish_reason", None),
-        )
+        return _completion(resp, started, None)
+
+    async def acomplete(
+        self, entry: ModelEntry, messages: list[dict[str, str]], params: dict[str, Any], timeout: float
+    ) -> Completion:
+        """One call through ``litellm.acompletion``; the result carries the response's rate-limit headers."""
+        litellm = litellm_module()
+        creds = self._credentials(entry)
+        started = time.perf_counter()
+        try:
+            resp = await litellm.acompletion(
+                model=entry.litellm_model,
+                messages=messages,
+                timeout=timeout,
+                num_retries=0,
+                max_retries=0,
+                **creds,
+                **params,
+            )
+        except Exception as exc:
+            err = _wrap(exc, entry)
+            err.headers = _headers_of(exc)
+            raise err from None
+        hidden = getattr(resp, "_hidden_params", None) or {}
+        return _completion(resp, started, hidden.get("additional_headers"))
 
 
-def _wrap(exc: Exception, entry: ModelEntry) -> ProviderError:
+def _completion(resp: Any, started: float, headers: Mapping[str, str] | None) -> Completion:
+    latency = int((time.perf_counter() - started) * 1000)
+    choice = resp.choices[0]
+    usage = getattr(resp, "usage", None)
+    return Completion(
+        text=choice.message.content or "",
+        prompt_tokens=int(getattr(usage, "prompt_tokens", 0) or 0),
+        completion_tokens=int(getattr(usage, "completion_tokens", 0) or 0),
+        latency_ms=latency,
+        finish_reason=getattr(choice, "finish_reason", None),
+        headers=headers,
+    )
+
+
+def _headers_of(exc: Exception) -> Mapping[str, str] | None:
+    headers = getattr(exc, "litellm_response_headers", None)
+    if headers is None:
+        headers = getattr(getattr(exc, "response", None), "headers", None)
+    return dict(headers) if headers else None
+
+
+def _wrap(exc: Exception, entry: ModelEntry) -> ProviderCallError:
     litellm = litellm_module()
     status = getattr(exc, "status_code", None)
     name = type(exc).__name__
@@ -137,7 +182,7 @@ def _wrap(exc: Exception, entry: ModelEntry) -> ProviderError:
     retryable = isinstance(exc, retryable_types) or status in (408, 409, 429, 500, 502, 503, 504)
     if isinstance(exc, getattr(litellm, "BadRequestError", ())) and status == 400:
         retryable = False
-    return ProviderError(
+    return ProviderCallError(
         f"{entry.litellm_model}: {name}" + (f" (HTTP {status})" if status else ""),
         None if retryable else "check the model entry and request parameters",
         retryable=retryable,

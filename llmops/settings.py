@@ -48,6 +48,18 @@ class Settings(BaseSettings):
     regression_margin: float = Field(0.05, ge=0, le=1, description="metric drop that counts as a regression")
     latency_window_hours: float = Field(24.0, gt=0, description="window of the ledger's observed p95 latency")
 
+    # -- observability (issue #7): metrics, the LLMOps page, alert rules -------------------------
+    metrics_token: SecretStr | None = Field(
+        None, description="bearer token Prometheus presents to /llmops/metrics (else an Airflow login is needed)"
+    )
+    mlflow_ui_url: str | None = Field(None, description="MLflow UI base URL for links; default: an http tracking URI")
+    alert_latency_s: float = Field(5.0, gt=0, description="alert when a model's p95 latency exceeds this")
+    alert_quality_min: float = Field(0.7, ge=0, le=1, description="alert when a prompt version scores below this")
+    alert_error_rate: float = Field(0.01, ge=0, le=1, description="alert when the failed share exceeds this")
+    alert_window_minutes: int = Field(60, ge=1, description="window of the latency and error-rate rules")
+    alert_min_requests: int = Field(20, ge=1, description="fewer calls in the window than this: no rate alert")
+    slack_conn_id: str | None = Field(None, description="Airflow Slack webhook connection for alerts, if any")
+
     @field_validator("timezone")
     @classmethod
     def _known_timezone(cls, value: str) -> str:
@@ -91,6 +103,11 @@ class Settings(BaseSettings):
     @property
     def mlflow_uri(self) -> str:
         return self.mlflow_tracking_uri or f"sqlite:///{self.data_path / 'mlflow.db'}"
+
+    @property
+    def mlflow_ui(self) -> str | None:
+        url = self.mlflow_ui_url or (self.mlflow_uri if self.mlflow_uri.startswith(("http://", "https://")) else None)
+        return url.rstrip("/") if url else None
 
     @property
     def simulator_url(self) -> str:

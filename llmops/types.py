@@ -21,6 +21,7 @@ class Status(StrEnum):
     FAILED = "failed"
     DEFERRED = "deferred"  # batch-level: not attempted because the budget stopped the batch
     PENDING = "pending"  # ledger-only: reserved, call in flight (or its process died)
+    RELEASED = "released"  # ledger-only: a data owner released it from quarantine; the next run processes it
 
 
 #: Statuses that are final for a request key: a rerun reuses them and never calls again.

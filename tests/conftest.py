@@ -27,6 +27,23 @@ from llmops.settings import Settings, load_settings  # noqa: E402
 from llmops.simulator import SimConfig, run_in_thread  # noqa: E402
 
 SIM_KEY = "sim-local-key"
+TICKET = {"subject": "Refund please", "body": "I was charged twice, refund one payment. Mail me at a.b@example.com"}
+
+
+def ticket_request(**kw: object):
+    """A support-ticket classification request by hana.sato (support); keyword arguments override."""
+    from llmops.types import Request
+
+    base: dict[str, object] = dict(
+        user="hana.sato@example.com",
+        department="support",
+        prompt="support_ticket_classify",
+        variables=dict(TICKET),
+        record_key="r1",
+        run_id="run",
+    )
+    base.update(kw)
+    return Request(**base)  # type: ignore[arg-type]
 
 
 @pytest.fixture(scope="session")
@@ -54,6 +71,20 @@ def gateway(settings: Settings):
 @pytest.fixture(scope="session")
 def session_tmp() -> Path:
     return _SESSION_TMP
+
+
+@pytest.fixture(scope="session")
+def bag():
+    from airflow.dag_processing.dagbag import DagBag
+
+    return DagBag(dag_folder=str(ROOT / "dags"))
+
+
+@pytest.fixture(scope="session")
+def airflow_db():
+    from airflow.utils import db
+
+    db.initdb()
 
 
 def write_policy(path: Path, **changes: object) -> Path:

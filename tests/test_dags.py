@@ -11,13 +11,6 @@ import pytest
 from tests.conftest import ROOT
 
 
-@pytest.fixture(scope="module")
-def bag():
-    from airflow.dag_processing.dagbag import DagBag
-
-    return DagBag(dag_folder=str(ROOT / "dags"))
-
-
 def test_no_import_errors_tags_and_retries(bag):
     assert bag.import_errors == {}
     assert "llm_batch" in bag.dag_ids
@@ -33,13 +26,6 @@ def test_dag_files_import_nothing_heavy():
     for f in (ROOT / "dags").glob("*.py"):
         top = [line for line in f.read_text().splitlines() if line.startswith(("import ", "from "))]
         assert not any(m in line for line in top for m in ("litellm", "mlflow", "great_expectations", "pandas"))
-
-
-@pytest.fixture(scope="module")
-def airflow_db():
-    from airflow.utils import db
-
-    db.initdb()
 
 
 def test_llm_batch_dag_test(airflow_db, bag, sim, session_tmp: Path):

@@ -14,22 +14,11 @@ from llmops.pricing import cost_nano
 from llmops.settings import load_settings
 from llmops.simulator import SimConfig, run_in_thread
 from llmops.types import Request, Status
-from tests.conftest import ROOT, SIM_KEY, write_policy
-
-TICKET = {"subject": "Refund please", "body": "I was charged twice, refund one payment. Mail me at a.b@example.com"}
+from tests.conftest import ROOT, SIM_KEY, ticket_request, write_policy
 
 
 def _req(**kw) -> Request:
-    base = dict(
-        user="hana.sato@example.com",
-        department="support",
-        prompt="support_ticket_classify",
-        variables=dict(TICKET),
-        record_key="r1",
-        run_id="run-a",
-    )
-    base.update(kw)
-    return Request(**base)
+    return ticket_request(**{"run_id": "run-a", **kw})
 
 
 def test_ok_call_is_ledgered_with_exact_cost(gateway: Gateway):

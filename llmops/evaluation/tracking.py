@@ -27,6 +27,25 @@ def _mlflow(tracking_uri: str) -> Any:
     return mlflow
 
 
+def _use_experiment(mlflow: Any, tracking_uri: str, name: str) -> None:
+    """Select (creating if needed) an experiment. With a local SQLite store, artifacts go beside the
+    database (``mlartifacts/``) rather than MLflow's default ``./mlruns`` of whatever the working
+    directory is; with a tracking server, the server's artifact root applies."""
+    if mlflow.get_experiment_by_name(name) is None:
+        location = None
+        if tracking_uri.startswith("sqlite:///"):
+            from pathlib import Path
+
+            location = (Path(tracking_uri.removeprefix("sqlite:///")).parent / "mlartifacts").resolve().as_uri()
+        from mlflow.exceptions import MlflowException
+
+        try:
+            mlflow.create_experiment(name, artifact_location=location)
+        except MlflowException:  # created meanwhile by another process
+            pass
+    mlflow.set_experiment(name)
+
+
 def registered_versions(client: Any, name: str) -> dict[str, Any]:
     """{llmops version: registry PromptVersion} of one prompt (empty if it is not registered yet)."""
     from mlflow.exceptions import MlflowException
@@ -83,7 +102,7 @@ def log_night(
 
     mlflow = _mlflow(tracking_uri)
     registry = mirror_prompt(tracking_uri, library, prompt)
-    mlflow.set_experiment(f"llmops/{prompt}")
+    _use_experiment(mlflow, tracking_uri, f"llmops/{prompt}")
     ids: dict[tuple[str, str], str] = {}
     with mlflow.start_run(run_name=f"nightly {night}", tags={"llmops.night": night, "llmops.kind": "nightly"}):
         for r in runs:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import BigInteger, DateTime, Float, Index, Integer, String, Text, UniqueConstraint
+from sqlalchemy import BigInteger, Boolean, DateTime, Float, Index, Integer, String, Text, UniqueConstraint
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
@@ -174,3 +174,37 @@ class Quarantine(Base):
     reason: Mapped[str] = mapped_column(Text)
     findings: Mapped[str] = mapped_column(Text)  # JSON {type: count}
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    released_by: Mapped[str | None] = mapped_column(String(250), nullable=True)
+    released_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    release_note: Mapped[str | None] = mapped_column(Text, nullable=True)
+
+
+class RateEvent(Base):
+    """One admitted request in a rate-limit scope's sliding minute (``person:<email>``, ``department:<name>``)."""
+
+    __tablename__ = "rate_events"
+    __table_args__ = (Index("ix_rate_events_scope_at", "scope", "at"),)
+
+    id: Mapped[int] = mapped_column(_BigId, primary_key=True, autoincrement=True)
+    scope: Mapped[str] = mapped_column(String(300))
+    at: Mapped[float] = mapped_column(Float)
+    tokens: Mapped[int] = mapped_column(Integer)
+
+
+class AlertState(Base):
+    """One row per operational alert rule and key: fires once per breach, re-arms when the breach clears."""
+
+    __tablename__ = "alert_state"
+
+    id: Mapped[int] = mapped_column(_BigId, primary_key=True, autoincrement=True)
+    rule: Mapped[str] = mapped_column(String(50))
+    alert_key: Mapped[str] = mapped_column(String(250))
+    firing: Mapped[bool] = mapped_column(Boolean)
+    value: Mapped[float] = mapped_column(Float)
+    threshold: Mapped[float] = mapped_column(Float)
+    detail: Mapped[str] = mapped_column(Text)
+    fired_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    resolved_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    fire_count: Mapped[int] = mapped_column(Integer, default=1)
+
+    __table_args__ = (UniqueConstraint("rule", "alert_key", name="uq_alert_state_rule_key"),)

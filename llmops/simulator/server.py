@@ -2,13 +2,21 @@
 
 Limits per model are enforced like a provider: a request is admitted against continuously refilled
 request and token buckets (tokens charged = prompt tokens + max_tokens); when refused the answer is
-429 with ``Retry-After`` / ``retry-after-ms`` and ``x-ratelimit-*`` headers. Faults (5xx, timeouts)
-are injected at configured rates from a seeded generator, so runs are reproducible.
+429 with ``Retry-After`` / ``retry-after-ms`` and ``x-ratelimit-*`` headers. A bucket holds
+``bucket_seconds`` of its refill (60 s: a full minute of burst; less models providers that enforce
+limits over shorter windows). Faults (5xx, timeouts) are injected at configured rates from a seeded
+generator, so runs are reproducible.
+
+``/health`` also reports what a benchmark needs to judge a client: ``early_retries`` (a request that
+arrives again — same model and messages — before the ``Retry-After`` it was given) and ``billed``, a
+histogram ``model:prompt_tokens:completion_tokens → count`` of the answered (billable) calls.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import json
 import math
 import random
 import threading
@@ -36,6 +44,7 @@ class SimConfig:
     error_rate: float = 0.0  # share of requests answered 500/503
     timeout_rate: float = 0.0  # share of requests that hang for ``hang_seconds``
     hang_seconds: float = 120.0
+    bucket_seconds: float = 60.0  # burst capacity of the RPM/TPM buckets, in seconds of refill
     seed: int = 7
     send_ratelimit_headers: bool = True
     model_limits: dict[str, tuple[int, int]] = field(default_factory=dict)  # name -> (rpm, tpm)
@@ -46,10 +55,10 @@ class SimConfig:
 class _Bucket:
     """Continuously refilled bucket: capacity per minute, refill rate capacity/60 per second."""
 
-    def __init__(self, per_minute: int) -> None:
-        self.capacity = float(per_minute)
-        self.level = float(per_minute)
+    def __init__(self, per_minute: int, seconds: float = 60.0) -> None:
         self.rate = per_minute / 60.0
+        self.capacity = max(1.0, self.rate * seconds)
+        self.level = self.capacity
         self.stamp = time.monotonic()
 
     def _refill(self) -> None:
@@ -71,10 +80,10 @@ class _Bucket:
 
 
 class _Limits:
-    def __init__(self, rpm: int, tpm: int) -> None:
+    def __init__(self, rpm: int, tpm: int, seconds: float = 60.0) -> None:
         self.rpm, self.tpm = rpm, tpm
-        self.requests = _Bucket(rpm)
-        self.tokens = _Bucket(tpm)
+        self.requests = _Bucket(rpm, seconds)
+        self.tokens = _Bucket(tpm, seconds)
 
     def admit(self, tokens: int) -> float:
         """0 if admitted (and charged), else seconds to wait."""
@@ -104,7 +113,9 @@ def _error(status: int, message: str, kind: str, headers: dict[str, str] | None 
 def build_app(config: SimConfig) -> web.Application:
     rng = random.Random(config.seed)
     limits: dict[str, _Limits] = {}
-    stats = {"requests": 0, "ok": 0, "rate_limited": 0, "errors": 0, "timeouts": 0}
+    stats = {"requests": 0, "ok": 0, "rate_limited": 0, "errors": 0, "timeouts": 0, "early_retries": 0}
+    billed: dict[str, int] = {}
+    not_before: dict[str, float] = {}  # request fingerprint -> the Retry-After deadline it was given
     received: list[list[dict[str, str]]] = []
 
     def limits_for(model: SimModel) -> _Limits:
@@ -112,7 +123,7 @@ def build_app(config: SimConfig) -> web.Application:
             rpm, tpm = config.model_limits.get(
                 model.name, (config.rpm or model.default_rpm, config.tpm or model.default_tpm)
             )
-            limits[model.name] = _Limits(rpm, tpm)
+            limits[model.name] = _Limits(rpm, tpm, config.bucket_seconds)
         return limits[model.name]
 
     async def completions(request: web.Request) -> web.StreamResponse:
@@ -133,12 +144,19 @@ def build_app(config: SimConfig) -> web.Application:
         if config.record_requests:
             received.append(messages)
         stats["requests"] += 1
+        fingerprint = hashlib.sha1(
+            json.dumps([name, max_tokens, messages], sort_keys=True).encode(), usedforsecurity=False
+        ).hexdigest()
+        deadline = not_before.pop(fingerprint, None)
+        if deadline is not None and time.monotonic() < deadline:
+            stats["early_retries"] += 1
         prompt_tokens = count_messages(messages)
         lim = limits_for(model)
         wait = lim.admit(prompt_tokens + max_tokens)
         if wait > 0:
             stats["rate_limited"] += 1
             retry = 60.0 if math.isinf(wait) else wait
+            not_before[fingerprint] = time.monotonic() + (int(retry * 1000) + 1) / 1000
             headers = {"retry-after": str(max(1, math.ceil(retry))), "retry-after-ms": str(int(retry * 1000) + 1)}
             if config.send_ratelimit_headers:
                 headers.update(lim.headers())
@@ -163,6 +181,8 @@ def build_app(config: SimConfig) -> web.Application:
         if delay > 0:
             await asyncio.sleep(delay)
         stats["ok"] += 1
+        usage_key = f"{name}:{prompt_tokens}:{completion_tokens}"
+        billed[usage_key] = billed.get(usage_key, 0) + 1
         headers = lim.headers() if config.send_ratelimit_headers else {}
         return web.json_response(
             {
@@ -195,7 +215,7 @@ def build_app(config: SimConfig) -> web.Application:
         )
 
     async def health(_request: web.Request) -> web.Response:
-        return web.json_response({"status": "ok", **stats})
+        return web.json_response({"status": "ok", **stats, "billed": billed})
 
     app = web.Application(client_max_size=8 * 1024 * 1024)
     app[RECEIVED] = received
