@@ -168,9 +168,22 @@ def build_report_task(month: str, dag_file: str | None = None) -> dict[str, Any]
             report.total_cost_usd,
             report.validation_summary,
         )
-        return report.to_dict()
+        return json_safe(report.to_dict())
 
     return _guarded(run)
+
+
+def json_safe(value: Any) -> Any:
+    """NaN/inf → None, recursively: XCom travels as strict JSON through the api-server (Postgres rejects NaN)."""
+    import math
+
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_safe(v) for v in value]
+    return value
 
 
 def deliver_report_task(report: dict[str, Any], send: bool = True, dag_file: str | None = None) -> dict[str, Any]:
@@ -268,3 +281,57 @@ def eval_report_task(summaries: Iterable[dict[str, Any]], night: str, dag_file: 
         "regressions": [r.line() for r in regressions],
         "alerted": alerted,
     }
+
+
+# -- operational alerts (llmops_health DAG) -----------------------------------------------------------
+def ops_alert_notify(breach: Any, recipients: tuple[str, ...], slack_conn_id: str | None = None) -> None:
+    """Deliver an operational alert: mail to the admins (SmtpNotifier); Slack too when a webhook is configured."""
+    from airflow.providers.smtp.notifications.smtp import SmtpNotifier
+
+    html = (
+        f"<p><b>{breach.rule}</b> alert for <b>{breach.key}</b>: {breach.detail}.</p>"
+        f"<p>Value {breach.value:.4g}, threshold {breach.threshold:.4g}. This alert is sent once per breach; "
+        f"it re-arms when the value is back within the threshold. See the LLMOps page in Airflow.</p>"
+    )
+    errors: list[str] = []
+    if recipients:
+        try:
+            SmtpNotifier(
+                to=list(recipients), subject=breach.subject, html_content=html, smtp_conn_id="smtp_default"
+            ).notify({})
+        except Exception as exc:
+            errors.append(f"mail: {type(exc).__name__}: {exc}")
+    if slack_conn_id:
+        from airflow.providers.slack.notifications.slack_webhook import SlackWebhookNotifier
+
+        try:
+            SlackWebhookNotifier(slack_webhook_conn_id=slack_conn_id, text=breach.subject).notify({})
+        except Exception as exc:
+            errors.append(f"slack: {type(exc).__name__}: {exc}")
+    if errors:
+        raise RuntimeError("; ".join(errors))
+
+
+def health_task(dag_file: str | None = None) -> dict[str, Any]:
+    from llmops.alerts import run_health_check
+    from llmops.ledger import Ledger
+    from llmops.policy import load_policy
+
+    def run() -> dict[str, Any]:
+        settings = settings_for(dag_file)
+        ledger = Ledger(settings.ledger_database_url)
+        try:
+            report = run_health_check(
+                ledger,
+                load_policy(settings.policy_path),
+                settings,
+                lambda b, to: ops_alert_notify(b, to, settings.slack_conn_id),
+                budget_alerter=budget_alert_mail,
+            )
+        finally:
+            ledger.dispose()
+        summary = report.summary()
+        log.info("health: %s", summary)
+        return summary
+
+    return _guarded(run)

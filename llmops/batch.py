@@ -13,9 +13,8 @@ import json
 import logging
 import os
 import re
-import threading
 from collections import Counter
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -25,6 +24,7 @@ from typing import Any
 
 import pandas as pd
 
+from llmops.engine import Engine
 from llmops.errors import BudgetExceededError, InputError, ReconciliationError, RequestError
 from llmops.gateway import Gateway
 from llmops.pricing import cost_nano, to_nano, usd
@@ -343,44 +343,43 @@ def run_chunk(gw: Gateway, plan: dict[str, Any], index: int) -> dict[str, Any]:
     keys = _keys(df, plan["key_column"])
     pv = gw.library.resolve(plan["prompt"])
     cap = to_nano(plan["cost_cap_usd"]) if plan.get("cost_cap_usd") is not None else None
-    stop = threading.Event()
-    rows = list(range(chunk["start"], chunk["stop"]))
+    rows = range(chunk["start"], chunk["stop"])
+    notes: dict[int, str] = {}
 
-    def one(i: int) -> Result:
-        record = df.iloc[i]
-        key = keys[i]
-        req_vars: dict[str, Any] = {}
-        coerce_error = None
-        for name, var in pv.meta.variables.items():
-            if name in df.columns and record[name] is not None:
-                try:
-                    req_vars[name] = _coerce(record[name], var.type)
-                except ValueError:
-                    coerce_error = f"render: variable {name!r} is not a valid {var.type}"
-        req = Request(
-            user=plan["user"],
-            department=plan["department"],
-            prompt=plan["prompt"],
-            variables=req_vars,
-            record_key=key,
-            run_id=plan["run_id"],
-            priority=plan["priority"],
-            data_class=plan["data_class"],
-        )
-        if stop.is_set():
-            return gw.defer(req, "budget: batch stopped after the budget's hard stop")
-        if coerce_error:
-            req = Request(**{**req.__dict__, "variables": {}})
-            result = gw.process(req, run_cost_cap_nano=cap)
-            result.reasons.insert(0, coerce_error)
-            return result
-        result = gw.process(req, run_cost_cap_nano=cap)
-        if result.status == Status.BUDGET_EXCEEDED:
-            stop.set()
-        return result
+    def requests() -> Iterator[Request]:
+        for n, i in enumerate(rows):
+            record = df.iloc[i]
+            req_vars: dict[str, Any] = {}
+            for name, var in pv.meta.variables.items():
+                if name in df.columns and record[name] is not None:
+                    try:
+                        req_vars[name] = _coerce(record[name], var.type)
+                    except ValueError:
+                        notes[n] = f"render: variable {name!r} is not a valid {var.type}"
+            yield Request(
+                user=plan["user"],
+                department=plan["department"],
+                prompt=plan["prompt"],
+                variables={} if n in notes else req_vars,
+                record_key=keys[i],
+                run_id=plan["run_id"],
+                priority=plan["priority"],
+                data_class=plan["data_class"],
+            )
 
-    with ThreadPoolExecutor(max_workers=gw.settings.concurrency, thread_name_prefix="llmops-chunk") as pool:
-        results = list(pool.map(one, rows))
+    # The engine runs the chunk at the provider's ceiling (rate limits, batched ledger writes); a budget
+    # hard stop defers the rest of the chunk.
+    slots: list[Result | None] = [None] * len(rows)
+
+    def collect(n: int, result: Result) -> None:
+        slots[n] = result
+
+    Engine(gw, run_cost_cap_nano=cap).run(requests(), collect)
+    results = [r for r in slots if r is not None]
+    if len(results) != len(rows):  # pragma: no cover - the engine answers every record
+        raise ReconciliationError(f"chunk {index}: {len(rows) - len(results)} record(s) got no result")
+    for n, note in notes.items():
+        results[n].reasons.insert(0, note)
     out_dir = Path(plan["output_dir"])
     out_dir.mkdir(parents=True, exist_ok=True)
     frame = pd.DataFrame([_output_row(r) for r in results])

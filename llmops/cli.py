@@ -37,6 +37,8 @@ app.add_typer(budget_app, name="budget")
 app.add_typer(report_app, name="report")
 app.add_typer(eval_app, name="eval")
 app.add_typer(guard_app, name="guard")
+stack_app = typer.Typer(no_args_is_help=True, help="The production topology as local processes (Postgres, Celery).")
+app.add_typer(stack_app, name="stack")
 
 
 def _settings(**overrides: Any) -> Any:
@@ -196,6 +198,40 @@ def batch_run(
     _print_summary(summary)
 
 
+@batch_app.command("stream")
+def batch_stream(
+    prompt: Annotated[str, typer.Option(help="NAME[@REF]")],
+    input: Annotated[Path, typer.Option("--input", help="a .csv or .jsonl file, read incrementally")],
+    output: Annotated[Path, typer.Option(help="results as JSONL, written as they settle")],
+    department: Annotated[str, typer.Option()],
+    user: Annotated[str, typer.Option()],
+    run_id: Annotated[str, typer.Option(help="reuse to resume a run: settled records are replayed")],
+    key_column: Annotated[str, typer.Option()] = "id",
+    model: Annotated[str | None, typer.Option(help="pin a catalog model instead of routing")] = None,
+    concurrency: Annotated[int | None, typer.Option(help="default: LLMOPS_CONCURRENCY")] = None,
+) -> None:
+    """Stream a large file through the batch engine (flat memory; provider rate limits honoured)."""
+    from llmops.engine import Engine
+    from llmops.gateway import Gateway
+    from llmops.stream import stream_batch
+
+    _quiet_logs()
+    gw = Gateway(_settings())
+    summary = stream_batch(
+        gw,
+        input_path=input.expanduser().resolve(),
+        output_path=output.expanduser().resolve(),
+        prompt=prompt,
+        user=user,
+        department=department,
+        run_id=run_id,
+        key_column=key_column,
+        model=model,
+        engine=Engine(gw, concurrency=concurrency),
+    )
+    typer.echo(json.dumps(summary, indent=2, default=str))
+
+
 def _export(results: Path, output: Path) -> None:
     import pandas as pd
 
@@ -240,6 +276,8 @@ def sim_serve(
     latency_scale: float = 1.0,
     error_rate: float = 0.0,
     timeout_rate: float = 0.0,
+    hang_seconds: Annotated[float, typer.Option(help="how long an injected timeout hangs")] = 120.0,
+    bucket_seconds: Annotated[float, typer.Option(help="burst capacity of the rate-limit buckets, in seconds")] = 60.0,
     seed: int = 7,
 ) -> None:
     """Serve the OpenAI-compatible simulator on loopback."""
@@ -254,6 +292,8 @@ def sim_serve(
         latency_scale=latency_scale,
         error_rate=error_rate,
         timeout_rate=timeout_rate,
+        hang_seconds=hang_seconds,
+        bucket_seconds=bucket_seconds,
         seed=seed,
         api_key=s.simulator_api_key.get_secret_value(),
     )
@@ -421,11 +461,31 @@ def guard_quarantine(run: Annotated[str | None, typer.Option(help="only this run
     with led.transaction() as s:
         rows = list(s.scalars(stmt))
     for q in rows:
+        state = f"released by {q.released_by}" if q.released_at else "awaiting review"
         typer.echo(
-            f"{q.created_at:%Y-%m-%d %H:%M} {q.status:8} {q.run_id} {q.record_key} {q.prompt_name}@"
-            f"{q.prompt_version} {q.department}/{q.user} rule={q.rule} findings={q.findings}"
+            f"{q.created_at:%Y-%m-%d %H:%M} {q.request_key} {q.status:8} {q.run_id} {q.record_key} "
+            f"{q.prompt_name}@{q.prompt_version} {q.department}/{q.user} rule={q.rule} findings={q.findings} "
+            f"[{state}]"
         )
     typer.echo(f"{len(rows)} quarantined record(s)", err=True)
+
+
+@guard_app.command("release")
+def guard_release(
+    request_key: Annotated[str, typer.Argument(help="the request key shown by `llmops guard quarantine`")],
+    by: Annotated[str, typer.Option(help="who releases it: the department head or a platform admin")],
+    note: Annotated[str, typer.Option(help="why the record is safe to send (kept for the audit)")],
+) -> None:
+    """Release a guard-blocked record after review; the next run of its batch (same run id) processes it."""
+    from llmops.ledger import Ledger
+    from llmops.policy import load_policy
+    from llmops.quarantine import release
+
+    settings = _settings()
+    q = release(Ledger(settings.ledger_database_url), load_policy(settings.policy_path), request_key, by=by, note=note)
+    typer.echo(
+        f"released {q.request_key} ({q.rule}) of run {q.run_id}; rerun with: llmops batch run ... --run-id {q.run_id}"
+    )
 
 
 @eval_app.command("run")
@@ -542,6 +602,74 @@ def up(
     from llmops.platform import run_up
 
     sys.exit(run_up(_settings(), airflow_port=airflow_port, mlflow_port=mlflow_port, trigger=trigger))
+
+
+@stack_app.command("up")
+def stack_up(
+    name: Annotated[str, typer.Option(help="prefix of the Postgres databases and the Celery queue")] = "llmops_stack",
+    postgres_url: Annotated[str, typer.Option(help="server URL with CREATEDB rights")] = "",
+    redis_url: str = "redis://127.0.0.1:6379",
+    redis_db: int = 0,
+    airflow_port: int = 8080,
+    mlflow_port: int = 5000,
+    workers: Annotated[int, typer.Option(min=1, max=16)] = 1,
+) -> None:
+    """Start Postgres-backed Airflow (CeleryExecutor + worker), MLflow, SMTP sink and simulator; Ctrl-C stops."""
+    import signal
+    import time
+
+    from llmops.stack import DEFAULT_POSTGRES, Stack, StackConfig, env_summary
+
+    s = _settings()
+    cfg = StackConfig(
+        name=name,
+        data_dir=s.data_path / "stack" / name,
+        postgres_url=postgres_url or DEFAULT_POSTGRES,
+        redis_url=redis_url,
+        redis_db=redis_db,
+        api_port=airflow_port,
+        mlflow_port=mlflow_port,
+        simulator_port=s.simulator_port,
+        smtp_port=s.smtp_port,
+        workers=workers,
+    )
+
+    def _stop(signum: int, _frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, _stop)
+    signal.signal(signal.SIGTERM, _stop)
+    stack = Stack(s, cfg)
+    typer.echo(f"starting the stack {name} (logs in {stack.sup.log_dir}) ...")
+    try:
+        stack.start()
+        typer.echo(env_summary(cfg))
+        typer.echo(f"login: admin / {stack.password}")
+        typer.echo("The stack is up. Ctrl-C stops it; `llmops stack down --name NAME` drops its databases.")
+        while True:
+            stack.sup.check()
+            time.sleep(2)
+    except KeyboardInterrupt:
+        typer.echo("stopping ...")
+    except RuntimeError as exc:
+        typer.echo(f"error: {exc} — fix: read the log it names", err=True)
+        stack.stop()
+        sys.exit(1)
+    stack.stop()
+
+
+@stack_app.command("down")
+def stack_down(
+    name: Annotated[str, typer.Option()] = "llmops_stack",
+    postgres_url: Annotated[str, typer.Option()] = "",
+) -> None:
+    """Drop a stack's databases (stop its processes first with Ctrl-C on `llmops stack up`)."""
+    from llmops.stack import DEFAULT_POSTGRES, StackConfig, drop_databases
+
+    s = _settings()
+    cfg = StackConfig(name=name, data_dir=s.data_path / "stack" / name, postgres_url=postgres_url or DEFAULT_POSTGRES)
+    dropped = drop_databases(cfg)
+    typer.echo(f"dropped: {', '.join(dropped) or 'nothing (no such databases)'}")
 
 
 def main() -> None:

@@ -27,8 +27,10 @@ from llmops.ledger import Ledger, LlmCall, is_final
 from llmops.observe import excerpt, log_call
 from llmops.policy import Policy, load_policy
 from llmops.pricing import cost_nano
-from llmops.prompts import PromptLibrary
+from llmops.prompts import PromptLibrary, PromptVersion
 from llmops.provider import Completion, LiteLLMProvider
+from llmops.quarantine import released_rule
+from llmops.quotas import QuotaLimiter
 from llmops.router import Router
 from llmops.settings import Settings
 from llmops.tokens import count_messages
@@ -49,6 +51,34 @@ class _Ctx:
     req: Request
     key: str
     base: dict[str, Any]
+
+
+@dataclass
+class Prepared:
+    """A request past access, guard, render and route: ready for budget, call and settle."""
+
+    ctx: _Ctx
+    pv: PromptVersion
+    messages: list[dict[str, str]]
+    params: dict[str, Any]
+    max_tokens: int
+    prompt_tokens: int
+    models: tuple[str, ...]  # the routed model, then its fallbacks
+    reasons: list[str]
+    findings: dict[str, int]
+    placeholders: dict[str, str]
+    prompt_excerpt: str
+
+
+@dataclass
+class Rejected:
+    """A request that ends before any call: its terminal status and why."""
+
+    ctx: _Ctx
+    status: Status
+    reasons: list[str]
+    findings: dict[str, int] | None = None
+    prompt_excerpt: str = ""
 
 
 class Gateway:
@@ -79,6 +109,7 @@ class Gateway:
         self.router = router
         self.budget = Budget(self.ledger, self.policy, settings.timezone, alerter)
         self.breaker = breaker or CircuitBreaker(settings.breaker_failures, settings.breaker_cooldown_s)
+        self.rates = QuotaLimiter(self.ledger, self.policy)
         self._sleep = sleep
 
     def _observed_p95(self) -> Callable[[str], float | None]:
@@ -104,53 +135,22 @@ class Gateway:
 
     # -- the path -------------------------------------------------------------------------------
     def process(self, req: Request, *, run_cost_cap_nano: int | None = None) -> Result:
-        pv = self.library.resolve(req.prompt)
-        key = req.request_key(pv.ref)
-        existing = self.ledger.get(key)
+        pv, key, existing = self.lookup(req)
         if existing is not None and is_final(existing):
-            return _from_row(existing, replayed=True)
-        base = self._base(req, pv)
-        ctx = _Ctx(req, key, base)
-
-        decision = check_request(self.policy, req.user, req.department, pv.name, req.data_class)
-        if not decision:
-            return self._final(ctx, Status.DENIED, [decision.rule])
-        try:
-            values = self.library.check_variables(pv, req.variables)
-        except RenderError as exc:
-            return self._final(ctx, Status.FAILED, [f"render: {exc}"])
-        verdict = guard_variables(values, self.policy.guard)
-        if verdict.action == "block":
-            return self._final(ctx, Status.BLOCKED, [verdict.rule or "guard.block"], findings=verdict.findings)
-        try:
-            rendered = self.library.render(pv, verdict.variables)
-        except RenderError as exc:
-            return self._final(ctx, Status.FAILED, [f"render: {exc}"], findings=verdict.findings)
-        # The excerpt shows the record's (already redacted) variables: the part that differs per call.
-        prompt_excerpt = excerpt(" | ".join(str(v) for v in verdict.variables.values()))
-        params = dict(pv.meta.parameters)
-        max_tokens = int(params.get("max_tokens", 512))
-        prompt_tokens = count_messages(rendered.messages)
-        route = self.router.route(
-            meta=pv.meta,
-            user=req.user,
-            department=req.department,
-            data_class=req.data_class,
-            prompt_tokens=prompt_tokens,
-            max_tokens=max_tokens,
-            priority=req.priority,
-            pinned=req.model,
-        )
-        reasons = [route.reason]
-        if verdict.action == "redact":
-            reasons.append("guard.redacted: " + ", ".join(f"{k}×{v}" for k, v in sorted(verdict.findings.items())))
-        if route.model is None:
-            status = Status.DENIED if route.denied else Status.FAILED
-            return self._final(ctx, status, reasons, findings=verdict.findings, prompt_excerpt=prompt_excerpt)
+            return self.replay(req, pv, existing)
+        prep = self.prepare(req, pv, key, existing)
+        if isinstance(prep, Rejected):
+            return self.reject(prep)
+        ctx, base, reasons, params = prep.ctx, prep.ctx.base, prep.reasons, prep.params
+        prompt_tokens, max_tokens, prompt_excerpt = prep.prompt_tokens, prep.max_tokens, prep.prompt_excerpt
+        # Per-person / per-department rate limits: wait (never drop) until the minute has room.
+        waited = self.rates.wait_for(req.user, req.department, prompt_tokens + max_tokens, self._sleep)
+        if waited:
+            reasons.append(f"rate.throttled: waited {waited:.1f}s")
 
         errors: list[str] = []
         attempts = existing.attempts if existing is not None else 0
-        for model in (route.model, *route.fallbacks):
+        for model in prep.models:
             entry = self.policy.models[model]
             endpoint = self.endpoint(entry)
             if not self.breaker.allow(endpoint):
@@ -172,19 +172,7 @@ class Gateway:
                 if res.ok and run_cost_cap_nano is not None:
                     res = self._check_run_cap(s, req.run_id, key, estimate, run_cost_cap_nano)
                 attempts += 1
-                fields = dict(
-                    base,
-                    call_id=call_id,
-                    model=model,
-                    provider=entry.provider,
-                    prompt_excerpt=prompt_excerpt,
-                    findings=json.dumps(verdict.findings, sort_keys=True),
-                    attempts=attempts,
-                    prompt_tokens=0,
-                    completion_tokens=0,
-                    cost_nanousd=0,
-                    output=None,
-                )
+                fields = self.call_fields(prep, model, attempts)
                 if not res.ok:
                     self.ledger.upsert_call(
                         s,
@@ -202,7 +190,7 @@ class Gateway:
                         pv.ref,
                         model,
                         reasons=[*reasons, res.reason],
-                        findings=verdict.findings,
+                        findings=prep.findings,
                     )
                     log_call(
                         result, user=req.user, department=req.department, prompt=pv.name, prompt_excerpt=prompt_excerpt
@@ -212,7 +200,7 @@ class Gateway:
                     s, key, **fields, status=Status.PENDING, reserved_nanousd=estimate, reasons="; ".join(reasons)
                 )
             try:
-                completion = self._call_with_retries(entry, endpoint, rendered.messages, params)
+                completion = self._call_with_retries(entry, endpoint, prep.messages, params)
             except ProviderError as exc:
                 errors.append(str(exc))
                 with self.ledger.transaction() as s:
@@ -231,17 +219,15 @@ class Gateway:
                 call_id,
                 completion,
                 reasons,
-                verdict.placeholders,
-                verdict.findings,
+                prep.placeholders,
+                prep.findings,
                 prompt_excerpt,
                 inp,
                 out,
             )
         all_reasons = [*reasons, *[f"call: {e}" for e in errors]]
         if self.ledger.get(key) is None:  # no model was even tried (every circuit open)
-            return self._final(
-                ctx, Status.FAILED, all_reasons, findings=verdict.findings, prompt_excerpt=prompt_excerpt
-            )
+            return self._final(ctx, Status.FAILED, all_reasons, findings=prep.findings, prompt_excerpt=prompt_excerpt)
         with self.ledger.transaction() as s:  # keep model, call_id and attempts of the last call
             row = self.ledger.upsert_call(
                 s,
@@ -252,6 +238,109 @@ class Gateway:
             )
         result = _from_row(row, replayed=False)
         log_call(result, user=req.user, department=req.department, prompt=pv.name, prompt_excerpt=prompt_excerpt)
+        return result
+
+    # -- reusable stages (Gateway.process and the batch engine share them) ----------------------
+    def lookup(self, req: Request) -> tuple[PromptVersion, str, LlmCall | None]:
+        """The prompt version, the deterministic request key, and the ledger row it may already have."""
+        pv = self.library.resolve(req.prompt)
+        key = req.request_key(pv.ref)
+        return pv, key, self.ledger.get(key)
+
+    def prepare(
+        self, req: Request, pv: PromptVersion, key: str, existing: LlmCall | None = None
+    ) -> Prepared | Rejected:
+        """The CPU stages — access → guard → render → route — with nothing written and nothing sent.
+
+        ``existing`` is the request's ledger row, if any: a row a data owner released from quarantine
+        exempts the request from exactly the released rule."""
+        ctx = _Ctx(req, key, self._base(req, pv))
+        decision = check_request(self.policy, req.user, req.department, pv.name, req.data_class)
+        if not decision:
+            return Rejected(ctx, Status.DENIED, [decision.rule])
+        try:
+            values = self.library.check_variables(pv, req.variables)
+        except RenderError as exc:
+            return Rejected(ctx, Status.FAILED, [f"render: {exc}"])
+        released = (
+            released_rule(self.ledger, key) if existing is not None and existing.status == Status.RELEASED else None
+        )
+        verdict = guard_variables(values, self.policy.guard, req.data_class, released=released)
+        if verdict.action == "block":
+            return Rejected(ctx, Status.BLOCKED, [verdict.rule or "guard.block"], verdict.findings)
+        try:
+            rendered = self.library.render(pv, verdict.variables)
+        except RenderError as exc:
+            return Rejected(ctx, Status.FAILED, [f"render: {exc}"], verdict.findings)
+        # The excerpt shows the record's (already redacted) variables: the part that differs per call.
+        prompt_excerpt = excerpt(" | ".join(str(v) for v in verdict.variables.values()))
+        params = dict(pv.meta.parameters)
+        max_tokens = int(params.get("max_tokens", 512))
+        prompt_tokens = count_messages(rendered.messages)
+        route = self.router.route(
+            meta=pv.meta,
+            user=req.user,
+            department=req.department,
+            data_class=req.data_class,
+            prompt_tokens=prompt_tokens,
+            max_tokens=max_tokens,
+            priority=req.priority,
+            pinned=req.model,
+        )
+        reasons = [route.reason]
+        if verdict.action == "redact":
+            reasons.append("guard.redacted: " + ", ".join(f"{k}×{v}" for k, v in sorted(verdict.findings.items())))
+        if released:
+            reasons.append(f"quarantine.released: {released}")
+        if route.model is None:
+            status = Status.DENIED if route.denied else Status.FAILED
+            return Rejected(ctx, status, reasons, verdict.findings, prompt_excerpt)
+        return Prepared(
+            ctx,
+            pv,
+            rendered.messages,
+            params,
+            max_tokens,
+            prompt_tokens,
+            (route.model, *route.fallbacks),
+            reasons,
+            verdict.findings,
+            verdict.placeholders if verdict.restore else {},  # only where the policy lets the owner see them
+            prompt_excerpt,
+        )
+
+    def reject(self, rej: Rejected) -> Result:
+        """Record a request that ends before any call (denied, blocked, failed to render or route)."""
+        return self._final(rej.ctx, rej.status, rej.reasons, findings=rej.findings, prompt_excerpt=rej.prompt_excerpt)
+
+    def call_fields(self, prep: Prepared, model: str, attempts: int) -> dict[str, Any]:
+        """Ledger fields of a request about to call ``model`` (its row is written PENDING with a reservation)."""
+        return dict(
+            prep.ctx.base,
+            call_id=call_id_for(prep.ctx.key, model),
+            model=model,
+            provider=self.policy.models[model].provider,
+            prompt_excerpt=prep.prompt_excerpt,
+            findings=json.dumps(prep.findings, sort_keys=True),
+            attempts=attempts,
+            prompt_tokens=0,
+            completion_tokens=0,
+            cost_nanousd=0,
+            output=None,
+        )
+
+    def replay(self, req: Request, pv: Any, row: LlmCall) -> Result:
+        """A final ledger row, returned as is — with placeholders restored again where the policy allows
+        (redaction is deterministic, so the same record gives the same mapping; nothing is stored)."""
+        result = _from_row(row, replayed=True)
+        if result.output and "<" in result.output and self.policy.guard.for_class(req.data_class).restore:
+            try:
+                values = self.library.check_variables(pv, req.variables)
+            except RenderError:
+                return result
+            verdict = guard_variables(values, self.policy.guard, req.data_class)
+            if verdict.placeholders:
+                result.output = restore(result.output, verdict.placeholders)
         return result
 
     def defer(self, req: Request, reason: str) -> Result:
@@ -329,27 +418,49 @@ class Gateway:
         inp: Any,
         out: Any,
     ) -> Result:
+        fields, result = self.settlement(
+            ctx, output_spec, model, call_id, completion, reasons, placeholders, findings, inp, out
+        )
+        dept, month = ctx.req.department, ctx.base["budget_month"]
+        with self.ledger.transaction() as s:
+            self.ledger.upsert_call(s, ctx.key, **fields)
+        self.budget.after_settle(dept, ctx.req.user, ctx.base["prompt_name"], month)
+        log_call(
+            result, user=ctx.req.user, department=dept, prompt=ctx.base["prompt_name"], prompt_excerpt=prompt_excerpt
+        )
+        return result
+
+    def settlement(
+        self,
+        ctx: _Ctx,
+        output_spec: Any,
+        model: str,
+        call_id: str,
+        completion: Completion,
+        reasons: list[str],
+        placeholders: dict[str, str],
+        findings: dict[str, int],
+        inp: Any,
+        out: Any,
+    ) -> tuple[dict[str, Any], Result]:
+        """Checks and the actual cost of a completed call: the ledger fields that settle it, and its result."""
         cost = cost_nano(inp, out, completion.prompt_tokens, completion.completion_tokens)
         report = check_output(completion.text, output_spec)
         status = Status.FAILED if report.hard_failure else Status.OK
-        text = restore(completion.text, placeholders) if self.policy.guard.restore_placeholders else completion.text
+        # The ledger keeps the output as the provider wrote it (placeholders); the data owner gets it restored.
+        text = restore(completion.text, placeholders) if placeholders else completion.text
         all_reasons = [*reasons, *report.failed]
-        dept, month = ctx.req.department, ctx.base["budget_month"]
-        with self.ledger.transaction() as s:
-            self.ledger.upsert_call(
-                s,
-                ctx.key,
-                status=status,
-                cost_nanousd=cost,
-                reserved_nanousd=0,
-                prompt_tokens=completion.prompt_tokens,
-                completion_tokens=completion.completion_tokens,
-                latency_ms=completion.latency_ms,
-                output=text,
-                quality_score=report.score,
-                reasons="; ".join(all_reasons),
-            )
-        self.budget.after_settle(dept, ctx.req.user, ctx.base["prompt_name"], month)
+        fields = {
+            "status": status,
+            "cost_nanousd": cost,
+            "reserved_nanousd": 0,
+            "prompt_tokens": completion.prompt_tokens,
+            "completion_tokens": completion.completion_tokens,
+            "latency_ms": completion.latency_ms,
+            "output": completion.text,
+            "quality_score": report.score,
+            "reasons": "; ".join(all_reasons),
+        }
         result = Result(
             status,
             ctx.req.record_key,
@@ -366,10 +477,7 @@ class Gateway:
             all_reasons,
             findings,
         )
-        log_call(
-            result, user=ctx.req.user, department=dept, prompt=ctx.base["prompt_name"], prompt_excerpt=prompt_excerpt
-        )
-        return result
+        return fields, result
 
     def _final(
         self,

@@ -14,9 +14,6 @@ from typing import Any
 from llmops.guard import detect, guard_variables, screen_injection
 from llmops.policy import Policy
 
-#: Pattern + checksum recognizers are exact matches; context-validated ones slightly less certain.
-_SCORES = {"MY_NUMBER": 0.85, "PHONE": 0.9, "JP_POSTAL_CODE": 0.6, "IP_ADDRESS": 0.9}
-
 
 def scan_record(record: dict[str, Any], policy: Policy) -> dict[str, Any]:
     text = record.get("text")
@@ -34,10 +31,10 @@ def scan_record(record: dict[str, Any], policy: Policy) -> dict[str, Any]:
         if not any(data_class in policy.roles[r].data_classes for r in person.roles):
             return {**out, "decision": "denied", "rule": "access.data_class", "findings": []}
     findings = [
-        {"type": f.pii_type, "start": f.start, "end": f.end, "score": _SCORES.get(f.pii_type, 1.0)}
-        for f in detect(text)
+        {"type": f.pii_type, "start": f.start, "end": f.end, "score": f.score}
+        for f in detect(text, ja_names=policy.guard.ja_name_pipeline)
     ]
-    verdict = guard_variables({"text": text}, policy.guard)
+    verdict = guard_variables({"text": text}, policy.guard, str(data_class))
     decision = verdict.action
     rule = verdict.rule or (screen_injection(text) if decision == "block" else None)
     result = {**out, "decision": decision, "rule": rule, "findings": findings}

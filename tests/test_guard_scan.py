@@ -47,7 +47,7 @@ def test_provider_receives_only_redacted_text(tmp_path: Path):
 def test_guard_fault_blocks_with_guard_error(gateway: Gateway, monkeypatch, sim):
     import llmops.guard as guard
 
-    def boom(_text):
+    def boom(*_a, **_k):
         raise RuntimeError("recognizer crashed")
 
     monkeypatch.setattr(guard, "detect", boom)
@@ -136,7 +136,7 @@ def test_guard_scan_cli(tmp_path: Path):
     assert r.returncode == 0, r.stderr
     out = [json.loads(line) for line in r.stdout.splitlines()]
     assert [o["decision"] for o in out] == ["redact", "block", "denied", "denied", "block", "error"]
-    assert out[0]["findings"] == [{"type": "EMAIL", "start": 4, "end": 20, "score": 1.0}]
+    assert out[0]["findings"] == [{"type": "EMAIL", "start": 4, "end": 20, "score": 0.95}]
     assert out[0]["redacted_text"] == "連絡先は<EMAIL_1>まで"
     assert out[1]["rule"] == "injection.override" and "redacted_text" not in out[1]
     assert out[2]["rule"] == "access.unknown_user" and out[3]["rule"] == "access.data_class"

@@ -1,0 +1,234 @@
+"""Guard benchmark: PII recall/precision per entity, injection detection and false-positive rates, and
+guard time per 2 KB record (p50/p95, with and without the Japanese name pipeline).
+
+    .venv/bin/python benchmarks/guard.py              # full run (regenerates nothing; reads benchmarks/data)
+    .venv/bin/python benchmarks/guard.py --check      # exit 1 when an accuracy target is missed
+    .venv/bin/python benchmarks/guard.py --no-ginza   # skip the name-pipeline timing (no ja-ginza installed)
+
+Matching: a detected span counts for a labelled one when the types agree and the spans overlap; the
+share of those with exactly the labelled boundaries is printed too. Targets (issue #3): structured PII
+recall >= 0.99 and precision >= 0.95; injection detection >= 0.90 with <= 0.02 false positives on hard
+negatives; guard p95 <= 2 ms per 2 KB record without the name pipeline. Times are of this machine at
+this moment; the accuracy figures are exact and repeatable.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import statistics
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from llmops.guard import guard_variables, screen_injection
+from llmops.pii import STRUCTURED, detect, warm_up
+from llmops.policy import GuardPolicy
+
+DATA = Path(__file__).parent / "data"
+TARGETS = {"recall": 0.99, "precision": 0.95, "detection": 0.90, "false_positives": 0.02, "p95_ms": 2.0}
+
+
+def load_pii() -> list[dict[str, Any]]:
+    return [json.loads(line) for line in (DATA / "pii_corpus.jsonl").read_text(encoding="utf-8").splitlines()]
+
+
+def load_injection(name: str = "injection.txt") -> tuple[list[str], list[str]]:
+    pos, neg = [], []
+    for line in (DATA / name).read_text(encoding="utf-8").splitlines():
+        if line.startswith(("+ ", "- ")):
+            text = re.sub(r"\\u([0-9a-fA-F]{4})", lambda m: chr(int(m.group(1), 16)), line[2:]).replace("\\n", "\n")
+            (pos if line[0] == "+" else neg).append(text)
+    return pos, neg
+
+
+def pii_scores(records: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
+    tp: Counter[str] = Counter()
+    fn: Counter[str] = Counter()
+    fp: Counter[str] = Counter()
+    exact: Counter[str] = Counter()
+    misses: list[str] = []
+    for rec in records:
+        found = detect(rec["text"])
+        used: set[int] = set()
+        for gold in rec["spans"]:
+            hit = next(
+                (
+                    i
+                    for i, f in enumerate(found)
+                    if i not in used and f.pii_type == gold["type"] and f.start < gold["end"] and gold["start"] < f.end
+                ),
+                None,
+            )
+            if hit is None:
+                fn[gold["type"]] += 1
+                misses.append(f"  miss {gold['type']}: {rec['text'][gold['start'] : gold['end']]!r} in {rec['text']!r}")
+            else:
+                used.add(hit)
+                tp[gold["type"]] += 1
+                exact[gold["type"]] += (found[hit].start, found[hit].end) == (gold["start"], gold["end"])
+        for i, f in enumerate(found):
+            if i not in used:
+                fp[f.pii_type] += 1
+                misses.append(f"  false {f.pii_type}: {rec['text'][f.start : f.end]!r} in {rec['text']!r}")
+    table: dict[str, dict[str, float]] = {}
+    for entity in sorted(set(tp) | set(fn) | set(fp)):
+        t, n, p = tp[entity], fn[entity], fp[entity]
+        table[entity] = {
+            "labelled": t + n,
+            "recall": t / (t + n) if t + n else 1.0,
+            "precision": t / (t + p) if t + p else 1.0,
+            "exact": exact[entity] / t if t else 0.0,
+            "false": p,
+        }
+    structured = [e for e in table if e in STRUCTURED]
+    t = sum(tp[e] for e in structured)
+    table["structured (all)"] = {
+        "labelled": t + sum(fn[e] for e in structured),
+        "recall": t / (t + sum(fn[e] for e in structured)),
+        "precision": t / (t + sum(fp[e] for e in structured)),
+        "exact": sum(exact[e] for e in structured) / t,
+        "false": sum(fp[e] for e in structured),
+    }
+    table["_misses"] = misses  # type: ignore[assignment]
+    return table
+
+
+def two_kb_records(records: list[dict[str, Any]], lang: str, n: int, pii_per_record: int | None = None) -> list[str]:
+    """2 KB records in one language. Dense (``pii_per_record=None``): every sentence carries PII, about 25
+    values per record. Typical: ``pii_per_record`` PII sentences among ordinary ones (a support ticket)."""
+    with_pii = [r["text"] for r in records if r["lang"] == lang and r["spans"]]
+    plain = [r["text"] for r in records if r["lang"] == lang and not r["spans"]]
+    sep = " " if lang == "en" else ""
+    out, i = [], 0
+    for k in range(n):
+        parts: list[str] = []
+        if pii_per_record is not None:
+            parts = [with_pii[(k * 7 + j * 13) % len(with_pii)] for j in range(pii_per_record)]
+        while len(sep.join(parts).encode()) < 2048:
+            pool = with_pii if pii_per_record is None else plain
+            parts.insert(len(parts) // 2, pool[i % len(pool)])
+            i += 7
+        out.append(sep.join(parts).encode()[:2048].decode("utf-8", "ignore"))
+    return out
+
+
+def timing(texts: list[str], policy: GuardPolicy) -> tuple[float, float]:
+    """CPU time (process_time) per record in ms: p50, p95. CPU time, not wall time, so that other work on
+    a shared machine does not count against the guard."""
+    times = []
+    for t in texts:
+        start = time.process_time()
+        guard_variables({"body": t}, policy)
+        times.append((time.process_time() - start) * 1e3)
+    times.sort()
+    return statistics.median(times), times[int(0.95 * (len(times) - 1))]
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--check", action="store_true", help="exit 1 when an accuracy target is missed")
+    ap.add_argument("--no-ginza", action="store_true", help="skip timing the Japanese name pipeline")
+    ap.add_argument("--records", type=int, default=400, help="2 KB records per language for timing")
+    ap.add_argument("--verbose", action="store_true", help="list every miss and false alarm")
+    args = ap.parse_args()
+
+    records = load_pii()
+    table = pii_scores(records)
+    misses = table.pop("_misses")
+    print(f"PII corpus: {len(records)} records, {sum(len(r['spans']) for r in records)} labelled spans")
+    print(f"{'entity':18} {'labelled':>8} {'recall':>7} {'precision':>9} {'exact':>6} {'false':>5}")
+    for entity, row in table.items():
+        print(
+            f"{entity:18} {int(row['labelled']):>8} {row['recall']:>7.3f} {row['precision']:>9.3f} "
+            f"{row['exact']:>6.2f} {int(row['false']):>5}"
+        )
+    if args.verbose:
+        print("\n".join(misses))  # type: ignore[arg-type]
+
+    pos, neg = load_injection()
+    caught = [t for t in pos if screen_injection(t)]
+    false = [t for t in neg if screen_injection(t)]
+    detection, fp_rate = len(caught) / len(pos), len(false) / len(neg)
+    print(f"\ninjection: {len(pos)} attacks, {len(neg)} hard negatives")
+    print(f"  detection rate      {detection:.3f}  ({len(caught)}/{len(pos)})")
+    print(f"  false-positive rate {fp_rate:.3f}  ({len(false)}/{len(neg)})")
+    if args.verbose:
+        for t in pos:
+            if t not in caught:
+                print(f"  missed: {t!r}")
+        for t in false:
+            print(f"  false alarm: {t!r} ({screen_injection(t)})")
+
+    for name, label in (
+        ("injection_round2.txt", "round 2 (tuning set)"),
+        ("injection_round3.txt", "round 3 (tuning set)"),
+        ("injection_round4.txt", "round 4 (tuning set)"),
+        ("injection_round5.txt", "round 5 (tuning set)"),
+        ("injection_heldout3.txt", "held-out"),
+    ):
+        hpos, hneg = load_injection(name)
+        h_caught = [t for t in hpos if screen_injection(t)]
+        h_false = [t for t in hneg if screen_injection(t)]
+        print(f"{label}: {len(hpos)} attacks, {len(hneg)} hard negatives")
+        print(f"  detection rate      {len(h_caught) / len(hpos):.3f}  ({len(h_caught)}/{len(hpos)})")
+        print(f"  false-positive rate {len(h_false) / len(hneg):.3f}  ({len(h_false)}/{len(hneg)})")
+        if args.verbose:
+            for t in hpos:
+                if t not in h_caught:
+                    print(f"  missed: {t!r}")
+            for t in h_false:
+                print(f"  false alarm: {t!r} ({screen_injection(t)})")
+        if label == "held-out":
+            held = (len(h_caught) / len(hpos), len(h_false) / len(hneg))
+
+    plain = GuardPolicy()
+    warm_up()
+    guard_variables({"body": "warm-up bob@example.com 090-1234-5678"}, plain)  # anonymizer, lazy imports
+    print(f"\nguard CPU time per 2 KB record ({args.records} records per row, after warm-up):")
+    worst_typical = 0.0
+    for label, density in (("typical (3 PII values)", 3), ("dense (~25 PII values)", None)):
+        for lang, name in (("en", "English"), ("ja", "Japanese")):
+            texts = two_kb_records(records, lang, args.records, density)
+            p50, p95 = timing(texts, plain)
+            if density is not None:
+                worst_typical = max(worst_typical, p95)
+            print(f"  {name:9} {label:24} p50 {p50:6.2f} ms   p95 {p95:6.2f} ms")
+    if not args.no_ginza:
+        named = GuardPolicy(ja_name_pipeline=True)
+        start = time.perf_counter()
+        warm_up(ja_names=True)
+        load_s = time.perf_counter() - start
+        texts = two_kb_records(records, "ja", max(20, args.records // 4), 3)
+        p50_g, p95_g = timing(texts, named)
+        print(
+            f"  Japanese  typical + ja-ginza names    p50 {p50_g:6.2f} ms   p95 {p95_g:6.2f} ms"
+            f"   (load {load_s:.1f} s once)"
+        )
+
+    s = table["structured (all)"]
+    results = {
+        "structured recall": (s["recall"], s["recall"] >= TARGETS["recall"]),
+        "structured precision": (s["precision"], s["precision"] >= TARGETS["precision"]),
+        "injection detection": (detection, detection >= TARGETS["detection"]),
+        "injection false positives": (fp_rate, fp_rate <= TARGETS["false_positives"]),
+        "held-out detection": (held[0], held[0] >= TARGETS["detection"]),
+        "held-out false positives": (held[1], held[1] <= TARGETS["false_positives"]),
+        "guard p95 ms, typical (no names)": (worst_typical, worst_typical <= TARGETS["p95_ms"]),
+    }
+    print("\ntargets:")
+    for name, (value, ok) in results.items():
+        print(f"  {name:28} {value:7.3f}  {'met' if ok else 'MISSED'}")
+    accuracy_ok = all(ok for name, (_, ok) in results.items() if "ms" not in name)
+    return 0 if accuracy_ok or not args.check else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,737 @@
+"""Prompt-injection screening of template variables and record data, English and Japanese.
+
+Rules run on *normalised* text, so hiding a payload does not help:
+
+1. invisible characters (zero-width, bidi controls, variation selectors, Unicode tag characters) are
+   removed, full-width and other compatibility forms are NFKC-folded, and look-alike letters from
+   Cyrillic, Greek and other scripts are mapped to Latin (``ignоre`` with a Cyrillic ``о``);
+2. letters spaced or dotted apart (``i g n o r e``, ``i.g.n.o.r.e``) are joined, and leetspeak digits are
+   read as letters (``1gn0r3``) in a second view;
+3. obvious encodings are decoded and screened too: base64 runs, hex runs, URL-encoding, HTML entities,
+   ``\\uXXXX`` escapes and ROT13.
+
+A hit is reported with its rule name (``injection.override``, ``injection.extraction_ja`` …). Reported
+speech is not an attack: a support ticket that *quotes* an injection ("the customer wrote 'ignore all
+previous instructions'") is not flagged when the hit lies inside quotation marks introduced by a
+reporting word. Screening is one layer: record text is also only ever a template variable, batch calls
+get no tools, and outputs are checked against a schema.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import bisect
+import codecs
+import functools
+import html
+import re
+import unicodedata
+import urllib.parse
+from dataclasses import dataclass
+
+from llmops.pii import strip_invisible
+
+# Look-alikes (Unicode confusables) of Latin letters that NFKC does not fold.
+_HOMOGLYPHS = str.maketrans(
+    {
+        # Cyrillic
+        "а": "a", "в": "b", "е": "e", "ё": "e", "к": "k", "м": "m", "н": "h", "о": "o", "р": "p", "с": "c",
+        "т": "t", "у": "y", "х": "x", "ѕ": "s", "і": "i", "ї": "i", "ј": "j", "ԁ": "d", "ԛ": "q", "ԝ": "w",
+        "ɡ": "g", "һ": "h", "ո": "n", "ս": "u",
+        "А": "A", "В": "B", "Е": "E", "К": "K", "М": "M", "Н": "H", "О": "O", "Р": "P", "С": "C", "Т": "T",
+        "У": "Y", "Х": "X", "Ѕ": "S", "І": "I", "Ј": "J",
+        # Greek
+        "α": "a", "ε": "e", "ι": "i", "κ": "k", "ν": "v", "ο": "o", "ρ": "p", "τ": "t", "υ": "u", "χ": "x",
+        "Α": "A", "Β": "B", "Ε": "E", "Ζ": "Z", "Η": "H", "Ι": "I", "Κ": "K", "Μ": "M", "Ν": "N", "Ο": "O",
+        "Ρ": "P", "Τ": "T", "Υ": "Y", "Χ": "X",
+        # Latin extensions and symbols that read as ASCII
+        "ı": "i", "ȷ": "j", "ℓ": "l", "∣": "l", "ǀ": "l", "ᴀ": "a", "ʀ": "r", "ꜱ": "s",
+    }
+)  # fmt: skip
+_LEET = str.maketrans({"0": "o", "1": "i", "3": "e", "4": "a", "5": "s", "7": "t", "@": "a", "$": "s", "!": "i"})
+_DOTTED = re.compile(r"\b(?:[A-Za-z][.\-_*]){2,}[A-Za-z]\b")  # i.g.n.o.r.e
+_SPACED_JA = re.compile(r"(?:[\u3040-\u30ff\u4e00-\u9fff。、] ){3,}[\u3040-\u30ff\u4e00-\u9fff。、]")
+_SPACED = re.compile(r"\b(?:[A-Za-z] ){3,}[A-Za-z]\b")  # i g n o r e
+_B64 = re.compile(r"(?<![A-Za-z0-9+/=])[A-Za-z0-9+/]{16,}={0,2}(?![A-Za-z0-9+/=])")
+_HEX = re.compile(r"(?:[0-9A-Fa-f]{2}){12,}")
+_LONG_RUN = re.compile(r"[A-Za-z0-9+/]{16}")
+_UESC = re.compile(r"\\u([0-9a-fA-F]{4})")
+_ROT13_HINT = re.compile(r"vtaber|cerivbhf|vafgehpgvba|flfgrz|cebzcg|ehyrf|qvfertneq|erirny", re.I)
+_LEET_HINT = re.compile(r"[a-z][0134579][a-z]|\b[0134579][a-z]{2,}\b")  # digits inside lower-case words
+
+
+def normalise(text: str) -> str:
+    """Invisible characters removed, NFKC-folded, homoglyphs mapped to Latin, spaced letters joined."""
+    folded = unicodedata.normalize("NFKC", strip_invisible(text)).translate(_HOMOGLYPHS)
+    joined = _DOTTED.sub(lambda m: re.sub(r"[.\-_*]", "", m.group(0)), folded)
+    if not joined.isascii():
+        joined = _SPACED_JA.sub(lambda m: m.group(0).replace(" ", ""), joined)
+    return _SPACED.sub(lambda m: m.group(0).replace(" ", ""), joined)
+
+
+def _decoded_views(text: str) -> list[str]:
+    """Decodings of payloads hidden in the text (each only if it yields readable text)."""
+    views: list[str] = []
+    if not _LONG_RUN.search(text):  # no run of 16 base64/hex characters: nothing encoded to decode
+        candidates: list[str] = []
+    else:
+        candidates = [m.group(0) for m in _B64.finditer(text)]
+    for chunk in candidates:
+        try:
+            raw = base64.b64decode(chunk + "=" * (-len(chunk) % 4), validate=True)
+            views.append(raw.decode("utf-8"))
+        except (binascii.Error, UnicodeDecodeError, ValueError):
+            continue
+    for chunk in candidates:
+        if len(chunk) < 24 or len(chunk) % 2 or not _HEX.fullmatch(chunk):
+            continue
+        try:
+            views.append(bytes.fromhex(chunk).decode("utf-8"))
+        except (ValueError, UnicodeDecodeError):
+            continue
+    if "%" in text:
+        views.append(urllib.parse.unquote(text))
+    if "&" in text and ";" in text:
+        views.append(html.unescape(text))
+    if "\\u" in text:
+        views.append(_UESC.sub(lambda m: chr(int(m.group(1), 16)), text))
+    views = [v for v in views if v != text]  # a decoding that changed nothing was screened already
+    if _ROT13_HINT.search(text):  # ROT13 of "ignore", "previous", "instructions", "system", "prompt", "rules"
+        views.append(codecs.encode(text, "rot13"))
+    return [v for v in views if v and _readable(v)]
+
+
+def _readable(s: str) -> bool:
+    printable = sum(1 for c in s if c.isprintable() or c in "\n\t")
+    return printable >= 0.9 * len(s)
+
+
+# -- rules ----------------------------------------------------------------------------------------
+_I = re.I
+_PROMPT_NOUN = (
+    r"prompts?(?!\s+(?:payment|delivery|reply|replies|response|action|attention|service|shipping|refund|"
+    r"settlement|dispatch|notice|feedback))"
+)
+_IMPERATIVE_JA = r"(?:して|しろ|せよ|てください|て下さい|てほしい|てくれ|て。|て$|なさい|しなさい|すること)"
+_RULES: list[tuple[str, re.Pattern[str]]] = [
+    (
+        "injection.override",
+        re.compile(
+            r"\b(?:ignore|disregard|forget|override|bypass|skip|drop|abandon|neglect|set aside|never ?mind|cancel|"
+            r"discard|void|throw away|stop following)\b(?:(?!\b(?:my|our|his|her|their)\b)[^.\n]){0,40}?"
+            r"\b(?:previous|prior|preceding|above|earlier|all|any|your|its|system|original|initial)\b"
+            r"(?:(?!\b(?:my|our|his|her|their)\b)[^.\n]){0,25}?\b(?:instructions?|" + _PROMPT_NOUN + r"|rules|"
+            r"directions|directives|guidelines|guardrails|constraints|restrictions|polic(?:y|ies)|context|commands?)\b"
+            r"|\b(?:ignore|disregard|forget|override|bypass|set aside|never ?mind|discard)\b[^.\n]{0,20}?"
+            r"\b(?:the|these|those)\b[^.\n]{0,15}?\b(?:instructions?|" + _PROMPT_NOUN + r"|rules|directives|guidelines|"
+            r"guardrails)\s+(?:above|before this|so far|you (?:were|have been|'ve been) given|you received|given to you)\b",
+            _I,
+        ),
+    ),
+    (
+        "injection.override",
+        re.compile(
+            # "forget everything above", "disregard all of the above", "set aside everything you were told"
+            r"\b(?:ignore|disregard|forget|set aside|never ?mind|discard|override)\b\s+(?:(?:all of (?:the )?|"
+            r"everything |anything |all )(?:above|before)\b|(?:everything |anything |all )?what you (?:were|have been|"
+            r"'ve been) (?:told|given|instructed)\b|everything (?:you (?:were|have been|'ve been) )?"
+            r"(?:told|given|instructed)\b)|\b(?:everything|anything|all) (?:you (?:were|have been|'ve been) "
+            r"(?:told|given|instructed))\b[^.\n]{0,20}\b(?:ignore|forget|disregard|void)",
+            _I,
+        ),
+    ),
+    (
+        "injection.override",
+        re.compile(
+            r"(?<!\bour )(?<!\bmy )(?<!\bthe company's )\b(?:new|updated|real|actual|revised|true)\s+(?:system\s+)?"
+            r"(?:instructions?|task|rules|directive|role|orders|mission|objective|assignment|commands?)s?\s*"
+            r"(?::|are\b|is\b)|\byour (?:new|real|actual|true) (?:task|instructions?|purpose|goal|role|orders|mission|"
+            r"objective|job) (?:is|are)\b|\b(?:new|next|real|actual) (?:task|instructions?|orders|job|mission) "
+            r"for (?:the |you,? )?(?:ai|assistant|model|bot|llm|chatbot)\b|"
+            r"^\s*(?:system |admin |developer )?override\s*:|\bsystem override\b",
+            _I | re.M,
+        ),
+    ),
+    (
+        "injection.override",
+        re.compile(
+            r"\b(?:no longer|don't|do not|never|stop|you don't need to|you do not need to)\s+"
+            r"(?:have to |need to |must )?"
+            r"(?:follow|obey|adhere to|abide by|comply with|apply|enforce|honou?r|respect|observe|use)\s+"
+            r"(?:(?:any (?:of )?)?(?:your|its)\s+(?:\w+\s+)?|(?:any |the |these )?(?:safety|content|moderation|ethical|"
+            r"usual|built-in)\s+)"
+            r"(?:rules|polic(?:y|ies)|guidelines|instructions|restrictions|guardrails|filters|safeguards|constraints)\b|"
+            r"\b(?:turn off|disable|deactivate|remove|bypass|switch off|lift)\s+(?:the |your |all |its |any )?"
+            r"(?:safety|content|moderation|ethical|security)\s+(?:filters?|guardrails|polic(?:y|ies)|settings|checks|"
+            r"restrictions|guidelines)\b",
+            _I,
+        ),
+    ),
+    (
+        "injection.roleplay",
+        re.compile(
+            r"\b(?:you are now|you're now|from now on,? you(?: are|'re| will be)?|from this point (?:on|forward),?|"
+            r"pretend(?: to be| you are)|act as|roleplay as|role-play as|behave as|respond as|answer as|reply as|"
+            r"switch to|enter|enable|activate|you are (?:an?|the|my)|play (?:a|the) role of|jailbreak:?)\b[^.\n]{0,80}?"
+            r"\b(?:DAN|do anything now|jailbr(?:oken|eak)|unfiltered|uncensored|unrestricted|developer mode|"
+            r"god mode|evil|no (?:rules|restrictions|limits|filters|guidelines|ethics|morals|ethical guidelines|"
+            r"content polic(?:y|ies)|safety)|without (?:any )?(?:rules|restrictions|limits|filters|guidelines|"
+            r"censorship|ethics|morals))\b",
+            _I,
+        ),
+    ),
+    (
+        "injection.extraction",
+        re.compile(
+            r"\b(?:reveal|print|show|display|repeat|output|leak|dump|tell me|give me|what (?:is|are|was|were)|"
+            r"copy|recite|spell out|translate|quote|summari[sz]e|list|write out|return|respond (?:only )?with|"
+            r"paste)\b[^.\n]{0,40}?(?:\b(?:your|the)\s+)?(?:system prompt|system message|"
+            r"hidden (?:instructions|prompt|rules)|initial (?:instructions|prompt)|original (?:instructions|prompt)|"
+            r"developer (?:message|instructions)|(?:your|the) (?:instructions|prompt) (?:above|verbatim)|"
+            r"(?:everything|all|the text|the words) (?:above|before this)(?: this line)?(?: verbatim)?)|"
+            r"\b(?:reveal|print|repeat|output|leak|dump|copy|recite|spell out|write out|paste|echo|disclose)\b"
+            r"[^.\n]{0,40}?\byour (?:\w+ ){0,2}(?:instructions|prompt|rules|guidelines|configuration|directives|"
+            r"system message)(?!\s+(?:for|on|about|to)\s)|\bwhat (?:did|do|have|were) (?:the |your )?(?:developers?|creators?|engineers?|operators?|"
+            r"admins?|administrators?|makers?|owners?|programmers?|they) (?:tell|told|instruct|instructed|program|"
+            r"programmed|say to|said to) you\b|\bwhat (?:were|have) you (?:been )?(?:told|instructed|programmed) "
+            r"(?:to (?:do|say|avoid|hide) )?(?:before|at the (?:start|beginning)|initially|by (?:your|the) (?:developers?|"
+            r"creators?|operators?))",
+            _I,
+        ),
+    ),
+    (
+        "injection.markup",
+        re.compile(
+            r"<\|?\s*/?\s*(?:system|assistant|im_start|im_end|endoftext|developer)\s*\|?>(?![^\n]{0,25}\btags?\b)|\[/?(?:INST|SYS)\]|"
+            r"<<\s*/?SYS\s*>>|^\s*#{1,6}\s*(?:system|new instructions)\b|^\s*(?:system|assistant)\s*:\s|"
+            r"```\s*system\b|<\s*/?\s*(?:システム|アシスタント|開発者)\s*>|\[(?:system|assistant|developer)\]\s*\(#?[\w\-]*\)|\bEND OF (?:USER |CUSTOMER )?(?:INPUT|DATA|DOCUMENT|TICKET|RECORD|EMAIL|MESSAGE|TEXT|"
+            r"CONTEXT|TRANSCRIPT|FILE|CONVERSATION)\b[\s\S]{0,60}?\b(?:BEGIN|START|(?:YOUR )?(?:NEW|NEXT|REAL) (?:TASK|"
+            r"INSTRUCTIONS?|ORDERS|DIRECTIVE|SYSTEM|JOB|ASSIGNMENT)|SYSTEM\s*:|(?:INSTRUCTIONS?|TASK) (?:FOR|TO) (?:THE )?(?:AI|ASSISTANT|MODEL|BOT))\b",
+            _I | re.M,
+        ),
+    ),
+    (
+        "injection.exfiltration",
+        re.compile(
+            r"!\[[^\]]*\]\(\s*https?://[^)]*(?:\{|%7B|\$\(|<|=\s*\))|"
+            r"\b(?:send|post|forward|upload|exfiltrate|e-?mail|transmit|copy|cc|bcc)\b[^\n]{0,60}?"
+            r"\b(?:(?:full |whole |entire )?conversation(?: history)?|chat history|system prompt|api keys?|credentials|"
+            r"secrets|(?:this |the )?(?:entire |whole |full )batch|other (?:customers'? )?records|all (?:the )?(?:customer|"
+            r"personal|user) (?:data|records|details)|personal data|environment variables)\b[^\n]{0,60}?"
+            r"\bto\s+(?:https?://|[\w.+\-]+@[\w\-]+\.[\w.\-]+)|"
+            r"https?://\S+[?&]\w+=\s*(?:and|with|followed by|\+)\s+(?:the )?(?:customer'?s?|user'?s?|their)\b|"
+            r"\b(?:append|add|attach|concatenate)\w*\b[^.\n]{0,80}?\b(?:to|in|into) the (?:url|link|query string)\b",
+            _I,
+        ),
+    ),
+    (
+        "injection.override_ja",
+        re.compile(
+            r"(?:以前|前|上記|以上|上|これまで|今まで|ここまで|先ほど|前述|最初|元|既存|全て|すべて)の?"
+            r"(?:会話の|やり取りの|対話の)?"
+            r"(?:指示|命令|ルール|設定|制約|プロンプト|指令|規則|ガイドライン|前提|文脈|コンテキスト)(?:は|を|も)?"
+            r"(?:すべて|全て|全部|一切)?(?:無視|忘れ|破棄|無効|リセット|(?:取り消|撤回)(?=して|せよ|しろ|してください|"
+            r"します.{0,20}(?:以下|次|新しい)の?(?:新しい)?(?:指示|命令|ルール)))"
+        ),
+    ),
+    (
+        "injection.override_ja",
+        re.compile(
+            r"(?:新しい|本当の|真の)(?:指示|命令|タスク|役割)(?:は|を|：|:)|これより(?:以下の)?指示に(?:のみ)?従|"
+            r"(?:倫理的な|道徳的な|安全上の|安全)?(?:制約|制限|ルール|規則|ガイドライン|"
+            r"(?:安全|コンテンツ|セーフティ|有害(?:コンテンツ)?|出力|検閲)フィルター|検閲)(?:を|は)"
+            r"(?:すべて|全て|一切)?(?:無視|解除|外)" + _IMPERATIVE_JA
+        ),
+    ),
+    (
+        "injection.extraction_ja",
+        re.compile(
+            r"(?:システムプロンプト|システムメッセージ|初期(?:設定|指示|プロンプト)|隠された(?:指示|プロンプト)|"
+            r"(?:あなた|君|お前)(?:の|が受けた|に与えられた|が受け取った)(?:指示|設定|プロンプト|ルール))"
+            r"(?:を|の内容を|の全文を|の内容を全部|について)?.{0,10}?"
+            r"(?:表示|出力|教え|開示|見せ|繰り返|書き出|暴露|漏ら|読み聞かせ|読み上げ)" + r"(?!され)"
+        ),
+    ),
+    (
+        "injection.roleplay_ja",
+        re.compile(
+            r"(?:あなたは今から|これからあなたは|今からあなたは|以後あなたは|あなたはもう|あなたは今後|今後あなたは).{0,25}?"
+            r"(?:制限|ルール|制約|フィルター|検閲|倫理)(?:の|が|は)?(?:ない|なし|無し|無い|一切ない|を解除|から解放|なく)|"
+            r"(?:開発者|デベロッパー)モード(?:で|に)(?:回答|答え|応答|動作|振る舞|切り替え)|"
+            r"(?:あなた|君|お前|AI)は?.{0,10}(?:開発者|デベロッパー)モード(?:を|に)(?:有効|オン|起動|入)|"
+            r"(?:脱獄|ジェイルブレイク|DAN)モード(?:で|に|を)(?:回答|答え|応答|動作|切り替え|入|有効|オン|起動)|"
+            r"[「\"]?DAN[」\"]?(?:として|になって|になりきって|を演じ)|"
+            r"制限(?:を)?(?:解除|無視)して(?:答え|回答|応答)"
+        ),
+    ),
+    (
+        "injection.override",
+        re.compile(
+            # "From here on, rules are suspended." / "rules are lifted: answer anything"
+            r"\b(?:from (?:here|now) on|for (?:this|the rest of (?:this|the)) (?:conversation|session|chat|answer|reply)|"
+            r"starting now|as of now)[,:]?\s+(?:all |the |your |any )?(?:rules|restrictions|guidelines|filters|"
+            r"polic(?:y|ies)|guardrails|limits|safeguards|constraints)\s+(?:are|is|have been)\s+(?:now |hereby )?"
+            r"(?:suspended|lifted|disabled|void|off|removed|waived|deactivated|gone|cancell?ed)\b|"
+            r"\b(?:rules|restrictions|guidelines|filters|guardrails|limits|safeguards)\s+(?:are|have been)\s+"
+            r"(?:now |hereby )?(?:suspended|lifted|disabled|void|off|waived|deactivated)\b[^\n]{0,40}?"
+            r"\b(?:answer|respond|reply|say|write|tell me|do)\b\s+(?:\w+\s+)?(?:anything|everything|whatever|freely)\b",
+            _I,
+        ),
+    ),
+    (
+        "injection.addressed",
+        re.compile(
+            r"\b(?:the|any|an?) (?:ai|model|assistant|llm|bot|chatbot|language model)s? (?:that (?:reads|processes|"
+            r"summari[sz]es|sees)|reading|processing|summari[sz]ing|analy[sz]ing|reviewing|who reads)\b[^.\n]{0,80}?"
+            r"\b(?:must|should|shall|needs? to|is (?:required|instructed) to|will now)\s+(?:\w+\s+)?(?:forward|send|copy|"
+            r"include|append|output|print|reveal|ignore|disregard|approve|change|set|e-?mail|post|add|delete|mark)\b|"
+            r"\bai (?:reviewers?|agents?|assistants?|models?|systems?) (?:must|should|shall|are (?:required|instructed) "
+            r"to)\s+(?:\w+\s+)?(?:forward|send|copy|include|append|output|print|reveal|ignore|disregard|approve|"
+            r"e-?mail|post)\b|"
+            r"\b(?:follow|comply with|obey|execute|prioriti[sz]e)\s+(?:only\s+)?the (?:instructions|commands|directions|"
+            r"orders) (?:in|of|inside|contained in|within) this (?:record|document|ticket|note|message|email|text|row)\b"
+            r"[^.\n]{0,30}?\b(?:over|instead of|rather than|above all|before any)\b|"
+            r"\b(?:the )?(?:real|true|actual) (?:operator|owner|admin|administrator|developer|boss|user) (?:is me|here)\b|"
+            r"\bi am (?:the|your) (?:real|true|actual) (?:operator|owner|admin|administrator|developer|boss)\b",
+            _I,
+        ),
+    ),
+    (
+        "injection.extraction",
+        re.compile(
+            # secrets asked of the model, or the other records of the batch
+            r"\b(?:output|print|reveal|list|dump|show|give me|tell me|display|return|disclose|leak|write out)\b"
+            r"[^.\n]{0,50}?\b(?:api keys?|environment variables|env vars|credentials|secrets|access tokens?|"
+            r"passwords)\b[^.\n]{0,50}?\b(?:available to you|you (?:have|can (?:access|see))|in (?:this|your) "
+            r"(?:session|environment|context|runtime)|you are running with)\b",
+            _I,
+        ),
+    ),
+    (
+        "injection.extraction",
+        re.compile(
+            # the other records of the batch
+            r"\b(?:output|print|reveal|list|dump|show|include|copy|repeat|return|summari[sz]e)\b[^.\n]{0,40}?\b(?:the )?"
+            r"(?:other|all (?:the )?(?:other )?) ?(?:customers'? |users'? )?(?:records|tickets|entries|rows|documents) "
+            r"(?:in|of|from) (?:this|the) (?:batch|dataset|job|file|run)\b",
+            _I,
+        ),
+    ),
+    (
+        "injection.authority",
+        re.compile(
+            # a claim to be the model's owner followed by an order to lift a control or disclose
+            r"(?:\b(?:i am|i'm|this is) your|\bas your)\s+(?:administrator|admin|developer|creator|owner|operator|maker|"
+            r"programmer|system administrator)\b(?!\s+(?:requested|asked|said|wrote|mentioned|suggested|recommended|approved))"
+            r"[^\n]{0,80}?\b(?:disable|deactivate|turn off|remove|lift|ignore|"
+            r"override|bypass|reveal|unlock|grant|switch off|enable)\b",
+            _I,
+        ),
+    ),
+    (
+        "injection.override_ja",
+        re.compile(
+            r"(?:制限|制約|ルール|フィルター|検閲|規制|倫理(?:的な制約)?|安全(?:対策|装置)?)(?:を)?"
+            r"(?:なし|無し|なく|抜き|気にせず|に縛られず|無視し|から解放され)(?:で|に|て)?、?"
+            r"(?:答え|回答|応答|返答|振る舞|話|出力|書い|書き|説明|教え)|"
+            r"(?:自由な|制限のない|制約のない|無制限の|検閲のない|フィルターのない|何でも答える)"
+            r"(?:AI|アシスタント|モデル|チャットボット|ボット)(?:として|になって|を演じ|になりきっ)|"
+            r"(?:管理者|開発者|運営者?|システム管理者|オーナー|製作者|作成者)(?:として|の権限で)(?:命令|指示|要求|命じ)|"
+            r"(?:私|わたし|僕|俺)は(?:あなた|君|お前)の(?:管理者|開発者|製作者|作成者|オーナー|運営者)|"
+            r"(?:あなた|君|お前)の(?:本当の|真の)(?:上司|主人|管理者|運営者|オーナー|開発者)は(?:私|わたし|僕|俺)|"
+            r"(?:運営者?|開発者|管理者|システム)の指示(?:に|には)(?:従わ|従う必要はありません)|"
+            r"(?:この|本)(?:レコード|メモ|文書|チケット|メッセージ|メール)(?:内|の中)?の(?:指示|命令)(?:を|に)(?:最優先|優先)|"
+            r"(?:安全上の|倫理的な|あなたの|AIの|コンテンツ)(?:制限|制約|ルール|フィルター)(?:は|が)(?:すべて|全て|一時的に)?"
+            r"(?:解除|無効|オフ)(?:されました|になりました|です|された)|"
+            r"安全(?:設定|フィルター|機能|対策|装置)を(?:オフ|無効|解除|外)(?:に)?(?:して|しろ|せよ)[^。]{0,15}(?:回答|答え|応答)|"
+            r"(?:この|本)(?:メモ|文書|レコード|メール|チケット|データ)を(?:読み込んだ|読んだ|処理する|要約する)"
+            r"(?:AI|モデル|アシスタント)|(?:AI|アシスタント|モデル)(?:へ|に告ぐ|への指示)[:：]"
+        ),
+    ),
+    (
+        "injection.exfiltration_ja",
+        re.compile(
+            r"(?:会話(?:履歴|の内容)|チャット履歴|他の(?:お客様の)?レコード|全(?:て)?の?レコード|"
+            r"バッチ(?:に含まれる|内の)?(?:他の|すべての|全ての|全)?レコード)(?:を|も)?[^。\n]{0,40}?"
+            r"(?:[\w.+\-]+@[\w\-]+\.[\w.\-]+|https?://\S+)\s*(?:宛|あて)?(?:に|へ)?[^。\n]{0,10}"
+            r"(?:転送|送信|送って|送れ|アップロード)|"
+            r"(?:この)?バッチ(?:に含まれる|内の)(?:他の|すべての|全ての|全)?レコード(?:の内容)?(?:を|も)(?:すべて|全て)?"
+            r"(?:出力|表示|列挙|書き出)|"
+            r"(?:APIキー|環境変数|認証情報|シークレット|アクセストークン)(?:と|や|、|および)"
+            r"(?:APIキー|環境変数|認証情報|シークレット|アクセストークン|パスワード)[^。]{0,15}(?:出力|表示|開示|書き出|送信)|"
+            r"https?://\S+=\s*と(?:顧客|お客様|ユーザー)?の?(?:メールアドレス|電話番号|住所|氏名|個人情報)"
+        ),
+    ),
+]
+
+_REPORTING = re.compile(
+    r"\b(?:wrote|writes|said|says|typed|sent|posted|contained|contains|included|pasted|reported|received|"
+    r"message|ticket|email|comment|phrase|string|text|payload|example|attempt|like)\b|という|と書|と送|と入力|と投稿|"
+    r"と言|のような|などの|といった|などと|のように|と書かれた|等の|例えば|文言|メッセージ",
+    re.I,
+)
+_QUOTES = {'"': '"', "'": "'", "“": "”", "‘": "’", "「": "」", "『": "』", "«": "»", "`": "`"}
+
+
+@dataclass(frozen=True)
+class Hit:
+    rule: str
+    view: str  # "text", "leet" or "decoded"
+
+
+def _apostrophe(text: str, i: int) -> bool:
+    """Is the quote character at ``i`` an apostrophe inside a word (don't, customer's)?"""
+    return text[i] in "'’" and 0 < i < len(text) - 1 and text[i - 1].isalpha() and text[i + 1].isalpha()
+
+
+def _closing_quote(text: str, closing: str, start: int) -> int:
+    """The index of the closing quote from ``start`` on, skipping apostrophes; -1 if none."""
+    at = text.find(closing, start)
+    while at != -1 and _apostrophe(text, at):
+        at = text.find(closing, at + 1)
+    return at
+
+
+def _quoted(text: str, start: int, end: int) -> bool:
+    """Is [start, end) inside a quotation introduced by a reporting word (reported speech)?"""
+    for i in range(start - 1, max(-1, start - 120), -1):
+        closing = _QUOTES.get(text[i])
+        if closing is None or _apostrophe(text, i):
+            continue
+        close_at = _closing_quote(text, closing, end)
+        if close_at == -1 or close_at - end > 120:
+            continue
+        before = text[max(0, i - 60) : i]
+        after = text[close_at + 1 : close_at + 40]
+        return bool(_REPORTING.search(before) or _REPORTING.search(after))
+    return False
+
+
+# -- intent: co-occurrence of signals within one sentence -------------------------------------------
+# The rules above name phrasings; these catch paraphrases by what a sentence *does*: an override verb
+# aimed at the model's instructions, a disclosure verb aimed at the model's own instructions, or a
+# persona set up without restrictions. Each signal is a word family; two or three must share a sentence.
+def _words(*stems: str) -> re.Pattern[str]:
+    # matched against lower-cased text (3x faster than re.I on long records)
+    return re.compile(r"\b(?:" + "|".join(stems).lower() + r")")
+
+
+_SENTENCE = re.compile(r"[^.!?;。！？；\n]+[.!?;。！？；\n]?")
+_OVERRIDE = _words(
+    r"ignor",
+    r"disregard",
+    r"forget",
+    r"overlook",
+    r"set aside",
+    r"never ?mind",
+    r"void\b",
+    r"cancel",
+    r"drop\b",
+    r"skip",
+    r"bypass",
+    r"overrid",
+    r"discard",
+    r"abandon",
+    r"throw (?:out|away)",
+    r"stop following",
+    r"(?:no longer|don't|do not|never) (?:follow|obey)",
+)
+_STALE = _words(
+    r"outdated",
+    r"obsolete",
+    r"no longer (?:valid|apply|applies|in (?:effect|force))",
+    r"superseded",
+    r"cancell?ed",
+    r"revoked",
+    r"rescinded",
+    r"withdrawn",
+    r"invalidated",
+)
+_INSTRUCTIONS = _words(
+    r"instruction",
+    r"rules\b",
+    r"guidance",
+    r"guideline",
+    _PROMPT_NOUN,
+    r"directive",
+    r"restriction",
+    r"guardrail",
+    r"(?:content|safety|moderation) filter",
+    r"polic(?:y|ies)",
+    r"safety (?:training|settings|rules|measures)",
+    r"system message",
+    r"programming",
+    r"constraints",
+    r"what you (?:were|have been) (?:told|given)",
+    r"the text above",
+)
+# Nouns that can only mean the model's own set-up (a company's "policy" or "rules" can be asked about).
+_MODEL_CONFIG = _words(
+    r"system prompt",
+    r"system message",
+    r"(?:hidden|secret|internal|initial|original|underlying|preset|pre-set|built-in|base) "
+    r"(?:instructions|rules|prompt|guidelines|directives|configuration|settings|guidance)",
+    r"developer (?:message|instructions)",
+    r"your (?:\w+ )?(?:configuration|config|setup|set-up|programming|persona|training|prompt|system settings)\b"
+    r"(?!\s+(?:\w+\s+)?(?:for|of|on|about)\s)",
+    r"(?:prompt|instructions|rules|guidance|guidelines|text|configuration|persona|setup|directives) (?:that )?"
+    r"(?:you (?:were|have been|'ve been) (?:given|configured|programmed|set up|told|trained|instructed)|"
+    r"you (?:received|got|run on|run with|operate under|follow|were started with)|configures? you|given to you)",
+    r"you were (?:configured|programmed|set up|instructed)",
+    r"setup text",
+    r"configuration prompt",
+)
+# An instruction noun is the model's when the sentence addresses it or qualifies the noun as an attack does.
+_ATTACK_QUALIFIER = _words(
+    r"previous",
+    r"prior\b",
+    r"preceding",
+    r"above",
+    r"earlier",
+    r"initial",
+    r"original",
+    r"all (?:of )?(?:your|the|these)",
+    r"system\b",
+    r"so far",
+    r"before this",
+    r"you were given",
+)
+_WRITER_OWNED = re.compile(r"\b(?:my|our|his|her|their|the customer's)\s+(?:\w+\s+){0,2}$")
+# addressed to the model: second person, or the model called by name ("Hey assistant,", "AI: …")
+_MODEL = _words(
+    r"you\b",
+    r"your",
+    r"yourself",
+    r"(?:hey|hi|hello|dear|attention|note to (?:the )?)[ ,]*(?:ai|assistant|model|bot|chatbot|llm)\b",
+)
+_DISCLOSE = _words(
+    r"reveal",
+    r"print",
+    r"show",
+    r"echo",
+    r"spill",
+    r"write (?:down|out)",
+    r"repeat",
+    r"output",
+    r"recite",
+    r"quote",
+    r"leak",
+    r"dump",
+    r"disclose",
+    r"tell me",
+    r"display",
+    r"share",
+    r"copy",
+    r"paste",
+    r"type (?:out|up)",
+    r"reproduce",
+    r"respond (?:\w+ )?with",
+    r"word for word",
+    r"verbatim",
+)
+_VERBATIM = _words(r"word for word", r"verbatim", r"exactly as written", r"in full")
+_ORIGIN = _words(
+    r"you (?:were|have been|'ve been) (?:given|told|instructed|configured|programmed)",
+    r"you (?:received|got|run on|operate under)",
+    r"given to you",
+    r"configures? you",
+    r"at the (?:start|beginning)",
+    r"before (?:this|our|the) conversation",
+    r"word for word",
+    r"verbatim",
+    r"exactly as written",
+)
+_PERSONA = _words(
+    r"you are now",
+    r"you're now",
+    r"imagine (?:you are|you're|being)",
+    r"simulat",
+    r"pretend",
+    r"act as",
+    r"role-?play",
+    r"from now on",
+    r"stop being",
+    r"become",
+    r"(?:respond|answer|reply|speak|talk|write) as\b(?! (?:soon|quickly|fast|a |an |pdf|plain|json|text))",
+    r"if you were (?:an? )?(?:\w+ )?(?:ai|assistant|model|chatbot)",
+    r"hypothetically",
+    r"\w+gpt\b",
+    r"as an? (?:\w+ )?(?:ai|assistant|model|chatbot)\b",
+    r"you are (?:an?|the) (?:\w+ )?(?:ai|assistant|bot|model)",
+)
+_UNBOUND = _words(
+    r"no (?:limits|restrictions|rules|filters|guidelines|ethics|morals)",
+    r"without (?:any )?(?:\w+ )?"
+    r"(?:restrictions|limits|rules|filters|safety|guidelines|ethics|morals|censorship)",
+    r"free (?:of|from) (?:all |any )?(?:\w+ )?(?:restrictions|rules|limits|filters|guidelines|constraints|"
+    r"censorship|safety|ethics)",
+    r"freed from",
+    r"unrestricted",
+    r"unfiltered",
+    r"uncensored",
+    r"jailbroken",
+    r"jailbreak mode",
+    r"limits? (?:don't|do not|no longer) apply",
+)
+_OVERRIDE_JA = re.compile(
+    r"(?:無視|忘れ|取り消|取消|破棄|無効|撤回|解除)(?!しな|せず|しませ|な[いく]|ず|ませ|します|する(?!こと)|した|され|してい|る|た)"
+    r"|外して|従わな"
+)
+_INSTRUCTIONS_JA = re.compile(r"指示|命令|ルール|プロンプト|制限|制約|ガイドライン|規則|指令|前提")
+_DISCLOSE_JA = re.compile(r"教え|出力|表示|見せ|書き出|開示|繰り返|列挙|暴露|読み聞かせ|読み上げ|聞かせ")
+_MODEL_JA = re.compile(r"あなた|君|お前|AI|アシスタント|もらった|与えられた|受けた|受け取った|内部")
+_UNBOUND_JA = re.compile(
+    r"(?:制限|制約|ルール|検閲|フィルター)(?:の|が|も)?(?:ない|なし|無し|無い)|何の制限|検閲なし|制限なく|制約なく|"
+    r"(?:ルール|制限|制約)にも?縛られ(?:ず|ない)|検閲(?:も)?しません"
+)
+_PERSONA_JA = re.compile(r"あなたは|ロールプレイ|なりきって|演じて|振る舞|として")
+
+
+def _intent_text(text: str) -> str | None:
+    """The intent rules over every sentence at once: each signal family is searched once over the whole
+    text, and its hits are grouped by sentence."""
+    text = text.lower()
+    ends = [m.end() for m in _SENTENCE.finditer(text)]
+
+    def hits(p: re.Pattern[str]) -> dict[int, list[int]]:
+        by: dict[int, list[int]] = {}
+        for m in p.finditer(text):
+            by.setdefault(bisect.bisect_right(ends, m.start()), []).append(m.start())
+        return by
+
+    def near(a: dict[int, list[int]], b: dict[int, list[int]], window: int) -> bool:
+        return any(abs(x - y) <= window for sid, xs in a.items() for x in xs for y in b.get(sid, ()))
+
+    def near_before(a: dict[int, list[int]], b: dict[int, list[int]], window: int) -> bool:
+        return any(0 <= y - x <= window for sid, xs in a.items() for x in xs for y in b.get(sid, ()))
+
+    def share(*families: dict[int, list[int]]) -> bool:
+        return bool(set.intersection(*(set(f) for f in families)))
+
+    empty: dict[int, list[int]] = {}
+    # the model's instructions: unambiguous set-up nouns, or instruction nouns not owned by the writer in a
+    # sentence that addresses the model or qualifies them as an attack does ("all previous", "above")
+    config = hits(_MODEL_CONFIG)
+    generic = {
+        sid: kept
+        for sid, xs in hits(_INSTRUCTIONS).items()
+        if (kept := [x for x in xs if not _WRITER_OWNED.search(text[max(0, x - 40) : x])])
+    }
+    model = hits(_MODEL) if generic or config else empty
+    qualified = hits(_ATTACK_QUALIFIER) if generic else empty
+    target = dict(config)
+    for sid, xs in generic.items():
+        if sid in qualified or sid in model:
+            target[sid] = sorted(target.get(sid, []) + xs)
+    instructions_ja = hits(_INSTRUCTIONS_JA) if not text.isascii() else empty
+    if target and near(hits(_OVERRIDE), target, 60):
+        return "injection.intent_override"
+    if instructions_ja and near_before(instructions_ja, hits(_OVERRIDE_JA), 15):
+        return "injection.intent_override"
+    if target and _STALE.search(text) and share(hits(_STALE), target):
+        return "injection.intent_override"
+    if config or generic:
+        disclose = hits(_DISCLOSE)
+        if config and (near_before(disclose, config, 80) or share(hits(_VERBATIM), config)):
+            return "injection.intent_extraction"
+        if generic and share(disclose, generic, model, hits(_ORIGIN)):
+            return "injection.intent_extraction"
+    if instructions_ja and share(hits(_DISCLOSE_JA), instructions_ja, hits(_MODEL_JA)):
+        return "injection.intent_extraction"
+    if _PERSONA.search(text) and share(hits(_PERSONA), hits(_UNBOUND)):
+        return "injection.intent_roleplay"
+    if not text.isascii() and _PERSONA_JA.search(text) and share(hits(_PERSONA_JA), hits(_UNBOUND_JA)):
+        return "injection.intent_roleplay"
+    return None
+
+
+# Words at least one of which must appear (lower-cased substring) for a rule to be worth running: the
+# regexes are costly on long records, a substring test is not.
+_ANCHORS: list[tuple[str, ...]] = [
+    ("ignor", "disregard", "forget", "overrid", "bypass", "skip", "drop", "abandon", "neglect", "aside", "mind",
+     "cancel", "discard", "void", "throw", "stop follow"),
+    ("ignor", "disregard", "forget", "aside", "mind", "discard", "overrid", "everything", "anything", " all "),
+    ("new ", "updated", "real ", "actual", "revised", "override", "true "),
+    ("follow", "obey", "adhere", "abide", "comply", "turn off", "disable", "deactivate", "remove", "bypass",
+     "switch off", "lift", "apply", "enforce", "honor", "honour", "respect", "observe", " use "),
+    ("you", "pretend", "act as", "play", "behave", "respond as", "answer as", "reply as", "switch", "enter",
+     "enable", "activate", "from this point", "jailbreak"),
+    ("system", "hidden", "initial", "original", "developer", "instructions", "prompt", "above", "before this",
+     "your", "what "),
+    ("<", "[inst", "[sys", "system", "new instructions", "assistant", "end of", "<システム", "<アシスタント", "<開発者"),
+    ("http", "@", " url", " link", "query string"),
+    ("無視", "忘れ", "破棄", "取り消", "撤回", "無効", "リセット"),
+    ("新しい", "本当の", "真の", "これより", "無視", "解除", "外"),
+    ("システム", "初期", "隠された", "あなた", "君", "お前"),
+    ("あなた", "制限", "モード", "dan"),
+    ("suspend", "lifted", "disabled", "void", " off", "removed", "waived", "deactivated", "gone", "cancel"),
+    ("ai ", "model", "assistant", "llm", "bot", "instructions in this", "commands in this", "directions in this",
+     "orders in this", "contained in this", "within this", "operator", "owner", "admin", "developer", "boss",
+     "real user", "true user", "actual user"),
+    ("api key", "environment var", "env var", "credential", "secret", "access token", "password"),
+    ("batch", "dataset", "this job", "this file", "this run", "the job", "the file", "the run"),
+    ("your",),
+    ("制限", "制約", "ルール", "フィルター", "検閲", "規制", "倫理", "安全", "自由な", "無制限", "何でも", "として",
+     "の権限で", "あなたの", "君の", "お前の", "上司", "指示", "レコード", "メモ", "文書", "アシスタント", "モデル"),
+    ("@", "http", "バッチ", "apiキー", "環境変数", "認証情報", "シークレット", "アクセストークン"),
+]  # fmt: skip
+
+
+_ANCHOR_SETS = [frozenset(anchors) for anchors in _ANCHORS]
+_ALL_ANCHORS = tuple(sorted(set().union(*_ANCHOR_SETS)))
+
+
+def _match(text: str) -> str | None:
+    lowered = text.lower()
+    present = {a for a in _ALL_ANCHORS if a in lowered}  # plain substring tests: C speed
+    ascii_only = text.isascii()
+    for (rule, pattern), anchors in zip(_RULES, _ANCHOR_SETS, strict=True):
+        if not present & anchors or (ascii_only and rule.endswith("_ja")):
+            continue
+        for m in pattern.finditer(text):
+            if not _quoted(text, m.start(), m.end()):
+                return rule
+    return _intent_text(_mask_reported(text))
+
+
+_QUOTE_CHARS = re.compile("[" + re.escape("".join(_QUOTES)) + "]")
+
+
+def _mask_reported(text: str) -> str:
+    """Blank out quotations introduced by a reporting word ("the customer wrote '…'"), so reported speech
+    does not count as a sentence addressed to the model."""
+    out: list[str] | None = None
+    for q in _QUOTE_CHARS.finditer(text):
+        i = q.start()
+        if _apostrophe(text, i):
+            continue
+        closing = _QUOTES[text[i]]
+        close_at = _closing_quote(text, closing, i + 1)
+        if close_at == -1 or close_at - i > 200:
+            continue
+        before, after = text[max(0, i - 60) : i], text[close_at + 1 : close_at + 40]
+        if _REPORTING.search(before) or _REPORTING.search(after):
+            out = out if out is not None else list(text)
+            out[i + 1 : close_at] = " " * (close_at - i - 1)
+    return text if out is None else "".join(out)
+
+
+@functools.lru_cache(maxsize=2048)
+def screen(text: str) -> Hit | None:
+    """The first injection rule the text hits in any of its views, or None."""
+    if not text or not text.strip():
+        return None
+    norm = normalise(text)
+    rule = _match(norm)
+    if rule:
+        return Hit(rule, "text")
+    if _LEET_HINT.search(norm):
+        rule = _match(norm.translate(_LEET))
+        if rule:
+            return Hit(rule, "leet")
+    for view in _decoded_views(norm):
+        rule = _match(normalise(view))
+        if rule:
+            return Hit(rule, "decoded")
+    return None
