@@ -1,0 +1,100 @@
+"""Airflow plugin: the LLMOps page and the Prometheus metrics, mounted on the api-server at ``/llmops``.
+
+* ``/llmops/``            the LLMOps page (HTML; behind Airflow's login, the UI's ``_token`` cookie works)
+* ``/llmops/api/summary`` the same numbers as JSON (Airflow login)
+* ``/llmops/metrics``     Prometheus text computed from the ledger (``LLMOPS_METRICS_TOKEN`` bearer, or a login)
+
+A navigation entry "LLMOps" (Browse menu) shows the page inside the Airflow UI at ``/plugin/llmops``.
+Everything is computed by ``llmops`` from the ledger; this file is wiring.
+"""
+
+from __future__ import annotations
+
+import secrets
+from functools import lru_cache
+from typing import Any
+
+from airflow.api_fastapi.core_api.security import GetUserDep, get_user
+from airflow.plugins_manager import AirflowPlugin
+from fastapi import FastAPI, HTTPException, Request
+from fastapi.responses import HTMLResponse, JSONResponse, Response
+from fastapi.security import HTTPAuthorizationCredentials
+
+app = FastAPI(title="LLMOps", docs_url=None, redoc_url=None, openapi_url=None)
+
+
+@lru_cache(maxsize=1)
+def _ledger() -> Any:
+    from llmops.ledger import Ledger
+
+    return Ledger(_settings().ledger_database_url)
+
+
+@lru_cache(maxsize=1)
+def _settings() -> Any:
+    from llmops.settings import load_settings
+
+    return load_settings()
+
+
+def _policy() -> Any:
+    from llmops.policy import load_policy
+
+    return load_policy(_settings().policy_path)  # re-read per request: policy edits show without a restart
+
+
+def _board() -> Any:
+    from llmops import dashboard
+
+    s = _settings()
+    return dashboard.build(_ledger(), _policy(), s.timezone, mlflow_ui=s.mlflow_ui, quality_min=s.alert_quality_min)
+
+
+@app.get("/", response_class=HTMLResponse)
+def page(user: GetUserDep) -> HTMLResponse:
+    from llmops.dashboard import render_html
+
+    return HTMLResponse(render_html(_board(), user=user.get_name()), headers={"Cache-Control": "no-store"})
+
+
+@app.get("/api/summary")
+def summary(user: GetUserDep) -> JSONResponse:
+    return JSONResponse(_board().to_dict(), headers={"Cache-Control": "no-store"})
+
+
+@app.get("/metrics")
+async def metrics(request: Request) -> Response:
+    from prometheus_client import CONTENT_TYPE_LATEST
+
+    from llmops import metrics as m
+
+    token = _settings().metrics_token
+    header = request.headers.get("authorization", "")
+    scheme, _, presented = header.partition(" ")
+    if not (
+        token is not None
+        and scheme.lower() == "bearer"
+        and secrets.compare_digest(presented.encode(), token.get_secret_value().encode())
+    ):
+        creds = HTTPAuthorizationCredentials(scheme=scheme, credentials=presented) if presented else None
+        await get_user(request, None, creds)  # raises 401/403 without a valid Airflow login
+    s = _settings()
+    try:
+        body = m.render(_ledger(), _policy(), s.timezone)
+    except Exception as exc:  # a scrape must not leak a traceback; Prometheus records the failure
+        raise HTTPException(status_code=503, detail=f"ledger unavailable: {type(exc).__name__}") from None
+    return Response(body, media_type=CONTENT_TYPE_LATEST)
+
+
+class LlmopsPlugin(AirflowPlugin):
+    name = "llmops"
+    fastapi_apps = [{"app": app, "url_prefix": "/llmops", "name": "LLMOps"}]  # noqa: RUF012
+    external_views = [  # noqa: RUF012
+        {
+            "name": "LLMOps",
+            "href": "/llmops/",
+            "url_route": "llmops",
+            "destination": "nav",
+            "category": "browse",
+        }
+    ]
