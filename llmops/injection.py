@@ -28,6 +28,7 @@ import html
 import re
 import unicodedata
 import urllib.parse
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from llmops.pii import strip_invisible
@@ -57,8 +58,17 @@ _B64 = re.compile(r"(?<![A-Za-z0-9+/=])[A-Za-z0-9+/]{16,}={0,2}(?![A-Za-z0-9+/=]
 _HEX = re.compile(r"(?:[0-9A-Fa-f]{2}){12,}")
 _LONG_RUN = re.compile(r"[A-Za-z0-9+/]{16}")
 _UESC = re.compile(r"\\u([0-9a-fA-F]{4})")
-_ROT13_HINT = re.compile(r"vtaber|cerivbhf|vafgehpgvba|flfgrz|cebzcg|ehyrf|qvfertneq|erirny", re.I)
-_LEET_HINT = re.compile(r"[a-z][0134579][a-z]|\b[0134579][a-z]{2,}\b")  # digits inside lower-case words
+# ROT13 of "ignore", "previous", "instructions", "system", "prompt", "rules", "disregard", "reveal"
+_ROT13_HINTS = ("vtaber", "cerivbhf", "vafgehpgvba", "flfgrz", "cebzcg", "ehyrf", "qvfertneq", "erirny")
+# words with leetspeak digits inside ("1gn0r3", "pr0mpt"); the leet view is screened only when one of them
+# reads as an attack word once the digits are read as letters
+_LEET_WORD = re.compile(r"\b[a-z@$!]*[0134579@$!][a-z0134579@$!]*[a-z][a-z0134579@$!]*\b|\b[0134579][a-z]{2,}\b")
+_LEET_STEMS = (
+    "ignor", "disregard", "forget", "instruct", "previous", "prompt", "system", "rules", "reveal", "bypass",
+    "jailbr", "pretend", "override", "restrict", "filter", "guideline", "secret", "password", "developer",
+    "unfilter", "uncensor", "polic", "above", "your", "print",
+)  # fmt: skip
+_LEET_WORDS = frozenset({"dan", "all", "mode", "show"})  # short words: only as whole words
 
 
 def normalise(text: str) -> str:
@@ -97,7 +107,8 @@ def _decoded_views(text: str) -> list[str]:
     if "\\u" in text:
         views.append(_UESC.sub(lambda m: chr(int(m.group(1), 16)), text))
     views = [v for v in views if v != text]  # a decoding that changed nothing was screened already
-    if _ROT13_HINT.search(text):  # ROT13 of "ignore", "previous", "instructions", "system", "prompt", "rules"
+    lowered = text.lower()
+    if any(h in lowered for h in _ROT13_HINTS):
         views.append(codecs.encode(text, "rot13"))
     return [v for v in views if v and _readable(v)]
 
@@ -302,8 +313,8 @@ _RULES: list[tuple[str, re.Pattern[str]]] = [
         re.compile(
             # secrets asked of the model, or the other records of the batch
             r"\b(?:output|print|reveal|list|dump|show|give me|tell me|display|return|disclose|leak|write out)\b"
-            r"[^.\n]{0,50}?\b(?:api keys?|environment variables|env vars|credentials|secrets|access tokens?|"
-            r"passwords)\b[^.\n]{0,50}?\b(?:available to you|you (?:have|can (?:access|see))|in (?:this|your) "
+            r"[^.\n]{0,50}?\b(?:api keys?|environment variables?|env vars?|credentials?|secrets|access tokens?|"
+            r"passwords?)\b[^.\n]{0,50}?\b(?:available to you|you (?:have|can (?:access|see))|in (?:this|your) "
             r"(?:session|environment|context|runtime)|you are running with)\b",
             _I,
         ),
@@ -588,6 +599,15 @@ _UNBOUND_JA = re.compile(
 _PERSONA_JA = re.compile(r"あなたは|ロールプレイ|なりきって|演じて|振る舞|として")
 
 
+# Every instruction or set-up noun above contains one of these (a cheap substring test skips the families).
+_TARGET_STEMS = (
+    "instruct", "rule", "guid", "prompt", "directive", "restrict", "guardrail", "filter", "polic", "programming",
+    "constraint", "system", "configur", "config", "setup", "set-up", "persona", "training", "told", "given",
+    "received", "got", "run on", "run with", "started with", "operate", "follow", "the text above", "settings",
+    "developer", "safety", "programm", "set up",
+)  # fmt: skip
+
+
 def _intent_text(text: str) -> str | None:
     """The intent rules over every sentence at once: each signal family is searched once over the whole
     text, and its hits are grouped by sentence."""
@@ -610,6 +630,8 @@ def _intent_text(text: str) -> str | None:
         return bool(set.intersection(*(set(f) for f in families)))
 
     empty: dict[int, list[int]] = {}
+    if not any(stem in text for stem in _TARGET_STEMS) and text.isascii():
+        return _persona(text, hits, share)
     # the model's instructions: unambiguous set-up nouns, or instruction nouns not owned by the writer in a
     # sentence that addresses the model or qualifies them as an attack does ("all previous", "above")
     config = hits(_MODEL_CONFIG)
@@ -639,6 +661,11 @@ def _intent_text(text: str) -> str | None:
             return "injection.intent_extraction"
     if instructions_ja and share(hits(_DISCLOSE_JA), instructions_ja, hits(_MODEL_JA)):
         return "injection.intent_extraction"
+    return _persona(text, hits, share)
+
+
+def _persona(text: str, hits: Callable[..., dict[int, list[int]]], share: Callable[..., bool]) -> str | None:
+    """A persona set up without restrictions in one sentence."""
     if _PERSONA.search(text) and share(hits(_PERSONA), hits(_UNBOUND)):
         return "injection.intent_roleplay"
     if not text.isascii() and _PERSONA_JA.search(text) and share(hits(_PERSONA_JA), hits(_UNBOUND_JA)):
@@ -678,16 +705,11 @@ _ANCHORS: list[tuple[str, ...]] = [
 ]  # fmt: skip
 
 
-_ANCHOR_SETS = [frozenset(anchors) for anchors in _ANCHORS]
-_ALL_ANCHORS = tuple(sorted(set().union(*_ANCHOR_SETS)))
-
-
 def _match(text: str) -> str | None:
     lowered = text.lower()
-    present = {a for a in _ALL_ANCHORS if a in lowered}  # plain substring tests: C speed
     ascii_only = text.isascii()
-    for (rule, pattern), anchors in zip(_RULES, _ANCHOR_SETS, strict=True):
-        if not present & anchors or (ascii_only and rule.endswith("_ja")):
+    for (rule, pattern), anchors in zip(_RULES, _ANCHORS, strict=True):
+        if (ascii_only and rule.endswith("_ja")) or not any(a in lowered for a in anchors):  # C-speed substring tests
             continue
         for m in pattern.finditer(text):
             if not _quoted(text, m.start(), m.end()):
@@ -717,6 +739,20 @@ def _mask_reported(text: str) -> str:
     return text if out is None else "".join(out)
 
 
+def _leet_words(text: str) -> bool:
+    """Does the text hold a word that reads as an attack word once its leetspeak digits are letters?"""
+    if not any(c in text for c in "0134579@$!"):
+        return False
+    for m in _LEET_WORD.finditer(text.lower()):
+        raw = m.group(0)
+        if "@" in raw[1:]:  # the local part and domain of an e-mail address, not leetspeak
+            continue
+        word = raw.translate(_LEET)
+        if word != raw and (word in _LEET_WORDS or any(stem in word for stem in _LEET_STEMS)):
+            return True
+    return False
+
+
 @functools.lru_cache(maxsize=2048)
 def screen(text: str) -> Hit | None:
     """The first injection rule the text hits in any of its views, or None."""
@@ -726,7 +762,7 @@ def screen(text: str) -> Hit | None:
     rule = _match(norm)
     if rule:
         return Hit(rule, "text")
-    if _LEET_HINT.search(norm):
+    if _leet_words(norm):
         rule = _match(norm.translate(_LEET))
         if rule:
             return Hit(rule, "leet")

@@ -25,10 +25,16 @@ def test_structured_pii_recall_and_precision_on_the_labelled_corpus():
 
 
 def test_injection_rates_on_the_tuning_sets():
-    for name in ("injection.txt", "injection_round2.txt", "injection_round3.txt"):
+    for name in (
+        "injection.txt",
+        "injection_round2.txt",
+        "injection_round3.txt",
+        "injection_round4.txt",
+        "injection_round5.txt",
+    ):
         pos, neg = bench.load_injection(name)
         assert len(pos) >= 20 and len(neg) >= 20
         detection = sum(bool(screen_injection(t)) for t in pos) / len(pos)
         false_positives = sum(bool(screen_injection(t)) for t in neg) / len(neg)
         assert detection >= 0.90 and false_positives <= 0.02, (name, detection, false_positives)
-    # the held-out set is reported by the benchmark, never tuned against, and not asserted here
+    # the held-out set (injection_heldout3.txt) is reported by the benchmark, never tuned against, not asserted here
