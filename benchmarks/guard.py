@@ -172,7 +172,8 @@ def main() -> int:
         ("injection_round3.txt", "round 3 (tuning set)"),
         ("injection_round4.txt", "round 4 (tuning set)"),
         ("injection_round5.txt", "round 5 (tuning set)"),
-        ("injection_heldout3.txt", "held-out"),
+        ("injection_round6.txt", "round 6 (tuning set)"),
+        ("injection_heldout4.txt", "held-out"),
     ):
         hpos, hneg = load_injection(name)
         h_caught = [t for t in hpos if screen_injection(t)]

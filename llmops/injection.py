@@ -155,7 +155,7 @@ _RULES: list[tuple[str, re.Pattern[str]]] = [
     (
         "injection.override",
         re.compile(
-            r"(?<!\bour )(?<!\bmy )(?<!\bthe company's )\b(?:new|updated|real|actual|revised|true)\s+(?:system\s+)?"
+            r"(?<!\bour )(?<!\bmy )(?<!\bthe company's )\b(?:new|updated|real|actual|revised|true|corrected|amended)\s+(?:system\s+)?"
             r"(?:instructions?|task|rules|directive|role|orders|mission|objective|assignment|commands?)s?\s*"
             r"(?::|are\b|is\b)|\byour (?:new|real|actual|true) (?:task|instructions?|purpose|goal|role|orders|mission|"
             r"objective|job) (?:is|are)\b|\b(?:new|next|real|actual) (?:task|instructions?|orders|job|mission) "
@@ -184,7 +184,7 @@ _RULES: list[tuple[str, re.Pattern[str]]] = [
         re.compile(
             r"\b(?:you are now|you're now|from now on,? you(?: are|'re| will be)?|from this point (?:on|forward),?|"
             r"pretend(?: to be| you are)|act as|roleplay as|role-play as|behave as|respond as|answer as|reply as|"
-            r"switch to|enter|enable|activate|you are (?:an?|the|my)|play (?:a|the) role of|jailbreak:?)\b[^.\n]{0,80}?"
+            r"switch to|enter|enable|activate|you are (?:an?|the|my)|play (?:a|the) role of|jailbreak:)[^.\n]{0,80}?"
             r"\b(?:DAN|do anything now|jailbr(?:oken|eak)|unfiltered|uncensored|unrestricted|developer mode|"
             r"god mode|evil|no (?:rules|restrictions|limits|filters|guidelines|ethics|morals|ethical guidelines|"
             r"content polic(?:y|ies)|safety)|without (?:any )?(?:rules|restrictions|limits|filters|guidelines|"
@@ -195,6 +195,7 @@ _RULES: list[tuple[str, re.Pattern[str]]] = [
     (
         "injection.extraction",
         re.compile(
+            r"(?<!requests to )(?<!attempts to )(?<!asking to )(?<!asks to )(?<!trying to )"
             r"\b(?:reveal|print|show|display|repeat|output|leak|dump|tell me|give me|what (?:is|are|was|were)|"
             r"copy|recite|spell out|translate|quote|summari[sz]e|list|write out|return|respond (?:only )?with|"
             r"paste)\b[^.\n]{0,40}?(?:\b(?:your|the)\s+)?(?:system prompt|system message|"
@@ -214,7 +215,7 @@ _RULES: list[tuple[str, re.Pattern[str]]] = [
     (
         "injection.markup",
         re.compile(
-            r"<\|?\s*/?\s*(?:system|assistant|im_start|im_end|endoftext|developer)\s*\|?>(?![^\n]{0,25}\btags?\b)|\[/?(?:INST|SYS)\]|"
+            r"<\|?\s*/?\s*(?:system|assistant|im_start|im_end|endoftext|developer)\s*\|?>(?![^\n]{0,25}\b(?:tags?|tokens?|markers?|delimiters?)\b)|^\s*(?:システム|アシスタント)\s*[:：]|\[\s*(?:assistant|ai|system|model|note to (?:the )?(?:ai|assistant|model))\s*:|</\s*(?:record|data|document|input|ticket|user|row)\s*>\s*<\s*(?:record|data|document|input|instructions?|system)[^>]*(?:override|priority|system|instruction)|\[/?(?:INST|SYS)\]|"
             r"<<\s*/?SYS\s*>>|^\s*#{1,6}\s*(?:system|new instructions)\b|^\s*(?:system|assistant)\s*:\s|"
             r"```\s*system\b|<\s*/?\s*(?:システム|アシスタント|開発者)\s*>|\[(?:system|assistant|developer)\]\s*\(#?[\w\-]*\)|\bEND OF (?:USER |CUSTOMER )?(?:INPUT|DATA|DOCUMENT|TICKET|RECORD|EMAIL|MESSAGE|TEXT|"
             r"CONTEXT|TRANSCRIPT|FILE|CONVERSATION)\b[\s\S]{0,60}?\b(?:BEGIN|START|(?:YOUR )?(?:NEW|NEXT|REAL) (?:TASK|"
@@ -226,6 +227,8 @@ _RULES: list[tuple[str, re.Pattern[str]]] = [
         "injection.exfiltration",
         re.compile(
             r"!\[[^\]]*\]\(\s*https?://[^)]*(?:\{|%7B|\$\(|<|=\s*\))|"
+            r"!\[[^\]]*\]\(\s*https?://[^)\s]*[?&][^)\s]*\)[^\n]{0,80}?\b(?:encoded|append|every record|conversation|customer|history|where \w+ is)\b|"
+            r"\(\s*https?://[^)\s]*[?&]\w+=\s*\)[^\n]{0,20}?\b(?:followed by|with|plus|and)\b[^\n]{0,40}?\b(?:customer|user|e-?mail|phone|address|name|order)|"
             r"\b(?:send|post|forward|upload|exfiltrate|e-?mail|transmit|copy|cc|bcc)\b[^\n]{0,60}?"
             r"\b(?:(?:full |whole |entire )?conversation(?: history)?|chat history|system prompt|api keys?|credentials|"
             r"secrets|(?:this |the )?(?:entire |whole |full )batch|other (?:customers'? )?records|all (?:the )?(?:customer|"
@@ -304,7 +307,13 @@ _RULES: list[tuple[str, re.Pattern[str]]] = [
             r"orders) (?:in|of|inside|contained in|within) this (?:record|document|ticket|note|message|email|text|row)\b"
             r"[^.\n]{0,30}?\b(?:over|instead of|rather than|above all|before any)\b|"
             r"\b(?:the )?(?:real|true|actual) (?:operator|owner|admin|administrator|developer|boss|user) (?:is me|here)\b|"
-            r"\bi am (?:the|your) (?:real|true|actual) (?:operator|owner|admin|administrator|developer|boss)\b",
+            r"\bi am (?:the|your) (?:real|true|actual) (?:operator|owner|admin|administrator|developer|boss)\b|"
+            r"\b(?:everything|the text|the part|all|anything|the earlier part|the content)(?: of this \w+)? (?:above|before)(?: this (?:line|point|message))? (?:was|is|were|has been) (?:written|injected|inserted|added|planted) by (?:an? )?(?:attacker|hacker|malicious|someone else|third party)|"
+            r"\b(?:follow|obey) only my (?:instructions|orders|commands)\b|"
+            r"\b(?:do not|don't|never) (?:mention|reveal|disclose|reference|acknowledge) (?:this|these) (?:note|instructions?|message|request|line)s? in (?:your|the) (?:output|response|summary|answer|completion)\b|"
+            r"\bto (?:the|any) (?:ai|model|assistant|llm|bot|chatbot)s?(?: (?:reading|processing|summari[sz]ing|analy[sz]ing) this)?\s*[:,]|"
+            r"\b(?:question|note|message|instructions?) (?:for|to) (?:the )?(?:ai|model|assistant|llm|bot)\s*:|"
+            r"\b(?:run|execute)\s+[`'\"]?(?:printenv|env\b|set\b|cat /etc/passwd|cat \.env|echo \$\w+)",
             _I,
         ),
     ),
@@ -324,7 +333,7 @@ _RULES: list[tuple[str, re.Pattern[str]]] = [
         re.compile(
             # the other records of the batch
             r"\b(?:output|print|reveal|list|dump|show|include|copy|repeat|return|summari[sz]e)\b[^.\n]{0,40}?\b(?:the )?"
-            r"(?:other|all (?:the )?(?:other )?) ?(?:customers'? |users'? )?(?:records|tickets|entries|rows|documents) "
+            r"(?:other|every other|all (?:the )?(?:other )?) ?(?:customers'? |users'? )?(?:records?|tickets?|entries|rows?|documents?) "
             r"(?:in|of|from) (?:this|the) (?:batch|dataset|job|file|run)\b",
             _I,
         ),
@@ -350,6 +359,8 @@ _RULES: list[tuple[str, re.Pattern[str]]] = [
             r"(?:AI|アシスタント|モデル|チャットボット|ボット)(?:として|になって|を演じ|になりきっ)|"
             r"(?:管理者|開発者|運営者?|システム管理者|オーナー|製作者|作成者)(?:として|の権限で)(?:命令|指示|要求|命じ)|"
             r"(?:私|わたし|僕|俺)は(?:あなた|君|お前)の(?:管理者|開発者|製作者|作成者|オーナー|運営者)|"
+            r"(?:ここまで|これまで|上記|以上)の(?:文章|内容|テキスト|指示)は(?:攻撃者|第三者|ハッカー|悪意)|"
+            r"(?:私|わたし)の指示(?:だけ|のみ)に従|(?:あなた|君)自身の(?:実際の|本当の)?(?:設定|システムプロンプト|プロンプト|指示)|"
             r"(?:あなた|君|お前)の(?:本当の|真の)(?:上司|主人|管理者|運営者|オーナー|開発者)は(?:私|わたし|僕|俺)|"
             r"(?:運営者?|開発者|管理者|システム)の指示(?:に|には)(?:従わ|従う必要はありません)|"
             r"(?:この|本)(?:レコード|メモ|文書|チケット|メッセージ|メール)(?:内|の中)?の(?:指示|命令)(?:を|に)(?:最優先|優先)|"
@@ -363,7 +374,8 @@ _RULES: list[tuple[str, re.Pattern[str]]] = [
     (
         "injection.exfiltration_ja",
         re.compile(
-            r"(?:会話(?:履歴|の内容)|チャット履歴|他の(?:お客様の)?レコード|全(?:て)?の?レコード|"
+            r"(?:会話(?:履歴|の内容|内容)|チャット履歴|他の(?:お客様の)?レコード|全(?:て)?の?レコード|"
+            r"(?:全顧客|全ての顧客|すべての顧客|顧客全員|全ユーザー)の(?:氏名|名前|メールアドレス|個人情報|データ|情報)|"
             r"バッチ(?:に含まれる|内の)?(?:他の|すべての|全ての|全)?レコード)(?:を|も)?[^。\n]{0,40}?"
             r"(?:[\w.+\-]+@[\w\-]+\.[\w.\-]+|https?://\S+)\s*(?:宛|あて)?(?:に|へ)?[^。\n]{0,10}"
             r"(?:転送|送信|送って|送れ|アップロード)|"
@@ -371,7 +383,10 @@ _RULES: list[tuple[str, re.Pattern[str]]] = [
             r"(?:出力|表示|列挙|書き出)|"
             r"(?:APIキー|環境変数|認証情報|シークレット|アクセストークン)(?:と|や|、|および)"
             r"(?:APIキー|環境変数|認証情報|シークレット|アクセストークン|パスワード)[^。]{0,15}(?:出力|表示|開示|書き出|送信)|"
-            r"https?://\S+=\s*と(?:顧客|お客様|ユーザー)?の?(?:メールアドレス|電話番号|住所|氏名|個人情報)"
+            r"https?://\S+=\s*と(?:顧客|お客様|ユーザー)?の?(?:メールアドレス|電話番号|住所|氏名|個人情報)|"
+            r"!\[[^\]]*\]\(https?://[^)]*[?&]\w+=[^)]*(?:会話|履歴|レコード|顧客|メール|個人情報)|"
+            r"(?:あなた|AI|アシスタント)が?(?:保持して|持って|アクセスでき|使って)[^。]{0,10}(?:認証情報|トークン|APIキー|パスワード|環境変数)"
+            r"[^。]{0,15}(?:含め|出力|表示|教え|開示|送)"
         ),
     ),
 ]
@@ -490,6 +505,10 @@ _MODEL_CONFIG = _words(
     r"(?:you (?:were|have been|'ve been) (?:given|configured|programmed|set up|told|trained|instructed)|"
     r"you (?:received|got|run on|run with|operate under|follow|were started with)|configures? you|given to you)",
     r"you were (?:configured|programmed|set up|instructed)",
+    r"(?:instructions|rules|prompt|guidance|orders) (?:that )?(?:the |your )?(?:operator|developers?|admins?|system|company) "
+    r"(?:gave|has given|have given|sent) you",
+    r"(?:the )?text (?:that (?:appears|is) )?(?:above|before) the first (?:record|row|ticket|message)",
+    r"your context(?: window)?\b",
     r"setup text",
     r"configuration prompt",
 )
@@ -508,6 +527,7 @@ _ATTACK_QUALIFIER = _words(
     r"before this",
     r"you were given",
 )
+_DESCRIBED = re.compile(r"(?:requests?|attempts?|asking|asks|trying|tries) to\s+$")  # an attack described
 _WRITER_OWNED = re.compile(r"\b(?:my|our|his|her|their|the customer's)\s+(?:\w+\s+){0,2}$")
 # addressed to the model: second person, or the model called by name ("Hey assistant,", "AI: …")
 _MODEL = _words(
@@ -570,6 +590,8 @@ _PERSONA = _words(
     r"\w+gpt\b",
     r"as an? (?:\w+ )?(?:ai|assistant|model|chatbot)\b",
     r"you are (?:an?|the) (?:\w+ )?(?:ai|assistant|bot|model)",
+    r"you are no longer (?:an?|the|my)",
+    r"you are [\"“']?\w+[\"”']?,? an? (?:\w+ )?(?:ai|assistant|bot|model)",
 )
 _UNBOUND = _words(
     r"no (?:limits|restrictions|rules|filters|guidelines|ethics|morals)",
@@ -584,7 +606,23 @@ _UNBOUND = _words(
     r"jailbroken",
     r"jailbreak mode",
     r"limits? (?:don't|do not|no longer) apply",
+    r"developer mode (?:enabled|on|activated)",
+    r"answers? (?:anything|everything)",
+    r"never mentions? (?:policies|rules|guidelines|restrictions)",
 )
+# secrets a persona is asked to recite ("act as my grandmother who read me the database passwords")
+_SECRETS = _words(
+    r"passwords?",
+    r"api keys?",
+    r"credentials",
+    r"licen[cs]e keys?",
+    r"serial (?:keys?|numbers)",
+    r"access tokens?",
+    r"secret keys?",
+    r"private keys?",
+    r"environment variables",
+)
+_SECRETS_JA = re.compile(r"パスワード|APIキー|認証情報|ライセンスキー|アクセストークン|秘密鍵|環境変数")
 _OVERRIDE_JA = re.compile(
     r"(?:無視|忘れ|取り消|取消|破棄|無効|撤回|解除)(?!しな|せず|しませ|な[いく]|ず|ませ|します|する(?!こと)|した|され|してい|る|た)"
     r"|外して|従わな"
@@ -596,7 +634,8 @@ _UNBOUND_JA = re.compile(
     r"(?:制限|制約|ルール|検閲|フィルター)(?:の|が|も)?(?:ない|なし|無し|無い)|何の制限|検閲なし|制限なく|制約なく|"
     r"(?:ルール|制限|制約)にも?縛られ(?:ず|ない)|検閲(?:も)?しません"
 )
-_PERSONA_JA = re.compile(r"あなたは|ロールプレイ|なりきって|演じて|振る舞|として")
+_PERSONA_JA = re.compile(r"あなたは|ロールプレイ|なりきって|演じて|振る舞|として|ふりをして")
+_PERSONA_PLAY_JA = re.compile(r"ロールプレイ|なりきって|演じて|ふりをして|のつもりで")
 
 
 # Every instruction or set-up noun above contains one of these (a cheap substring test skips the families).
@@ -604,7 +643,7 @@ _TARGET_STEMS = (
     "instruct", "rule", "guid", "prompt", "directive", "restrict", "guardrail", "filter", "polic", "programming",
     "constraint", "system", "configur", "config", "setup", "set-up", "persona", "training", "told", "given",
     "received", "got", "run on", "run with", "started with", "operate", "follow", "the text above", "settings",
-    "developer", "safety", "programm", "set up",
+    "developer", "safety", "programm", "set up", "context", "first record", "first row", "gave you",
 )  # fmt: skip
 
 
@@ -654,7 +693,11 @@ def _intent_text(text: str) -> str | None:
     if target and _STALE.search(text) and share(hits(_STALE), target):
         return "injection.intent_override"
     if config or generic:
-        disclose = hits(_DISCLOSE)
+        disclose = {
+            sid: kept
+            for sid, xs in hits(_DISCLOSE).items()
+            if (kept := [x for x in xs if not _DESCRIBED.search(text[max(0, x - 16) : x])])
+        }
         if config and (near_before(disclose, config, 80) or share(hits(_VERBATIM), config)):
             return "injection.intent_extraction"
         if generic and share(disclose, generic, model, hits(_ORIGIN)):
@@ -665,8 +708,12 @@ def _intent_text(text: str) -> str | None:
 
 
 def _persona(text: str, hits: Callable[..., dict[int, list[int]]], share: Callable[..., bool]) -> str | None:
-    """A persona set up without restrictions in one sentence."""
-    if _PERSONA.search(text) and share(hits(_PERSONA), hits(_UNBOUND)):
+    """A persona set up without restrictions in one sentence, or one asked to recite secrets."""
+    if _PERSONA.search(text):
+        persona = hits(_PERSONA)
+        if share(persona, hits(_UNBOUND)) or share(persona, hits(_SECRETS)):
+            return "injection.intent_roleplay"
+    if not text.isascii() and _PERSONA_PLAY_JA.search(text) and _SECRETS_JA.search(text):
         return "injection.intent_roleplay"
     if not text.isascii() and _PERSONA_JA.search(text) and share(hits(_PERSONA_JA), hits(_UNBOUND_JA)):
         return "injection.intent_roleplay"
@@ -686,7 +733,7 @@ _ANCHORS: list[tuple[str, ...]] = [
      "enable", "activate", "from this point", "jailbreak"),
     ("system", "hidden", "initial", "original", "developer", "instructions", "prompt", "above", "before this",
      "your", "what "),
-    ("<", "[inst", "[sys", "system", "new instructions", "assistant", "end of", "<システム", "<アシスタント", "<開発者"),
+    ("<", "[", "system", "new instructions", "assistant", "end of", "システム", "アシスタント"),
     ("http", "@", " url", " link", "query string"),
     ("無視", "忘れ", "破棄", "取り消", "撤回", "無効", "リセット"),
     ("新しい", "本当の", "真の", "これより", "無視", "解除", "外"),
@@ -695,13 +742,15 @@ _ANCHORS: list[tuple[str, ...]] = [
     ("suspend", "lifted", "disabled", "void", " off", "removed", "waived", "deactivated", "gone", "cancel"),
     ("ai ", "model", "assistant", "llm", "bot", "instructions in this", "commands in this", "directions in this",
      "orders in this", "contained in this", "within this", "operator", "owner", "admin", "developer", "boss",
-     "real user", "true user", "actual user"),
+     "real user", "true user", "actual user", "attacker", "hacker", "third party", "someone else", "only my",
+     "mention", "disclose", "acknowledge", "printenv", "env", "passwd", "echo $"),
     ("api key", "environment var", "env var", "credential", "secret", "access token", "password"),
     ("batch", "dataset", "this job", "this file", "this run", "the job", "the file", "the run"),
     ("your",),
     ("制限", "制約", "ルール", "フィルター", "検閲", "規制", "倫理", "安全", "自由な", "無制限", "何でも", "として",
-     "の権限で", "あなたの", "君の", "お前の", "上司", "指示", "レコード", "メモ", "文書", "アシスタント", "モデル"),
-    ("@", "http", "バッチ", "apiキー", "環境変数", "認証情報", "シークレット", "アクセストークン"),
+     "の権限で", "あなたの", "君の", "お前の", "上司", "指示", "レコード", "メモ", "文書", "アシスタント", "モデル",
+     "攻撃者", "自身の", "第三者"),
+    ("@", "http", "バッチ", "apiキー", "環境変数", "認証情報", "シークレット", "アクセストークン", "トークン", "パスワード"),
 ]  # fmt: skip
 
 

@@ -31,10 +31,11 @@ def test_injection_rates_on_the_tuning_sets():
         "injection_round3.txt",
         "injection_round4.txt",
         "injection_round5.txt",
+        "injection_round6.txt",
     ):
         pos, neg = bench.load_injection(name)
         assert len(pos) >= 20 and len(neg) >= 20
         detection = sum(bool(screen_injection(t)) for t in pos) / len(pos)
         false_positives = sum(bool(screen_injection(t)) for t in neg) / len(neg)
         assert detection >= 0.90 and false_positives <= 0.02, (name, detection, false_positives)
-    # the held-out set (injection_heldout3.txt) is reported by the benchmark, never tuned against, not asserted here
+    # the held-out set (injection_heldout4.txt) is reported by the benchmark, never tuned against, not asserted here
