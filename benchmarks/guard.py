@@ -132,6 +132,23 @@ def timing(texts: list[str], policy: GuardPolicy) -> tuple[float, float]:
     return statistics.median(times), times[int(0.95 * (len(times) - 1))]
 
 
+def injection_rates(name: str, label: str, verbose: bool) -> tuple[float, float]:
+    """Print and return the detection and false-positive rates of the screening on one injection set."""
+    pos, neg = load_injection(name)
+    caught = [t for t in pos if screen_injection(t)]
+    false = [t for t in neg if screen_injection(t)]
+    print(f"{label}: {len(pos)} attacks, {len(neg)} hard negatives")
+    print(f"  detection rate      {len(caught) / len(pos):.3f}  ({len(caught)}/{len(pos)})")
+    print(f"  false-positive rate {len(false) / len(neg):.3f}  ({len(false)}/{len(neg)})")
+    if verbose:
+        for t in pos:
+            if t not in caught:
+                print(f"  missed: {t!r}")
+        for t in false:
+            print(f"  false alarm: {t!r} ({screen_injection(t)})")
+    return len(caught) / len(pos), len(false) / len(neg)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--check", action="store_true", help="exit 1 when an accuracy target is missed")
@@ -153,42 +170,17 @@ def main() -> int:
     if args.verbose:
         print("\n".join(misses))  # type: ignore[arg-type]
 
-    pos, neg = load_injection()
-    caught = [t for t in pos if screen_injection(t)]
-    false = [t for t in neg if screen_injection(t)]
-    detection, fp_rate = len(caught) / len(pos), len(false) / len(neg)
-    print(f"\ninjection: {len(pos)} attacks, {len(neg)} hard negatives")
-    print(f"  detection rate      {detection:.3f}  ({len(caught)}/{len(pos)})")
-    print(f"  false-positive rate {fp_rate:.3f}  ({len(false)}/{len(neg)})")
-    if args.verbose:
-        for t in pos:
-            if t not in caught:
-                print(f"  missed: {t!r}")
-        for t in false:
-            print(f"  false alarm: {t!r} ({screen_injection(t)})")
-
+    print()
+    detection, fp_rate = injection_rates("injection.txt", "injection", args.verbose)
     for name, label in (
         ("injection_round2.txt", "round 2 (tuning set)"),
         ("injection_round3.txt", "round 3 (tuning set)"),
         ("injection_round4.txt", "round 4 (tuning set)"),
         ("injection_round5.txt", "round 5 (tuning set)"),
         ("injection_round6.txt", "round 6 (tuning set)"),
-        ("injection_heldout4.txt", "held-out"),
     ):
-        hpos, hneg = load_injection(name)
-        h_caught = [t for t in hpos if screen_injection(t)]
-        h_false = [t for t in hneg if screen_injection(t)]
-        print(f"{label}: {len(hpos)} attacks, {len(hneg)} hard negatives")
-        print(f"  detection rate      {len(h_caught) / len(hpos):.3f}  ({len(h_caught)}/{len(hpos)})")
-        print(f"  false-positive rate {len(h_false) / len(hneg):.3f}  ({len(h_false)}/{len(hneg)})")
-        if args.verbose:
-            for t in hpos:
-                if t not in h_caught:
-                    print(f"  missed: {t!r}")
-            for t in h_false:
-                print(f"  false alarm: {t!r} ({screen_injection(t)})")
-        if label == "held-out":
-            held = (len(h_caught) / len(hpos), len(h_false) / len(hneg))
+        injection_rates(name, label, args.verbose)
+    held = injection_rates("injection_heldout4.txt", "held-out", args.verbose)
 
     plain = GuardPolicy()
     warm_up()
