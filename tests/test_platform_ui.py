@@ -233,6 +233,12 @@ def test_llmops_page_and_metrics(platform, record_property):
         spend = select(LlmCall.department, func.sum(LlmCall.cost_nanousd)).group_by(LlmCall.department)
         by_dept = {d: int(c) for d, c in s.execute(spend)}
         n_quarantine = s.scalar(select(func.count()).select_from(Quarantine))
+        # the latest night of every (prompt, version, model), with its MLflow run: what the page must list
+        latest: dict[tuple[str, str, str], tuple[str, str | None]] = {}
+        for e in s.scalars(select(EvalResult)):
+            key = (e.prompt_name, e.prompt_version, e.model)
+            if key not in latest or e.night > latest[key][0]:
+                latest[key] = (e.night, e.mlflow_run_id)
     assert n_rows > 0 and n_quarantine > 0, "the llm_batch test leaves calls and quarantined records"
 
     r = httpx.get(f"{base}/llmops/metrics", headers={"Authorization": f"Bearer {token}"}, timeout=30)
@@ -261,8 +267,16 @@ def test_llmops_page_and_metrics(platform, record_property):
             cell = frame.locator(f'#budgets tr[data-department="{dept}"] .spent')
             assert cell.inner_text() == money(usd(int(nano))), dept
         assert frame.locator("#quarantine-total").inner_text() == str(n_quarantine)
-        link = frame.locator('#evaluations tr[data-prompt="support_ticket_classify"] a')
-        assert link.get_attribute("href") == (f"http://localhost:{platform['ports']['mlflow']}/#/runs/0123456789abcdef")
+        assert frame.locator("#evaluations tr[data-prompt]").count() == len(latest)
+        mlflow_ui = f"http://localhost:{platform['ports']['mlflow']}"
+        for (prompt, version, model), (night, run_id) in latest.items():
+            row = frame.locator(
+                f'#evaluations tr[data-prompt="{prompt}"][data-version="{version}"][data-model="{model}"]'
+            )
+            assert night in row.inner_text(), (prompt, version, model)
+            if run_id:
+                assert row.locator("a").get_attribute("href") == f"{mlflow_ui}/#/runs/{run_id}"
+        assert ("support_ticket_classify", "1.1.0", "sim-small") in latest
         page.wait_for_timeout(500)
         page.screenshot(path=str(shot), full_page=True)
         # the page itself, full size, for the record
