@@ -273,7 +273,7 @@ class Gateway:
         except RenderError as exc:
             return Rejected(ctx, Status.FAILED, [f"render: {exc}"], verdict.findings)
         # The excerpt shows the record's (already redacted) variables: the part that differs per call.
-        prompt_excerpt = excerpt(" | ".join(str(v) for v in verdict.variables.values()))
+        prompt_excerpt = excerpt(" | ".join(str(v) for v in verdict.variables.values()), redact=bool(verdict.allowed))
         params = dict(pv.meta.parameters)
         max_tokens = int(params.get("max_tokens", 512))
         prompt_tokens = count_messages(rendered.messages)
@@ -542,9 +542,10 @@ class Gateway:
         row = s.scalar(select(Quarantine).where(Quarantine.request_key == ctx.key))
         if row is None:
             s.add(Quarantine(request_key=ctx.key, **fields))
-        else:
+        else:  # blocked again (another rule, or after a release): a new decision awaits review
             for k, v in fields.items():
                 setattr(row, k, v)
+            row.released_by = row.released_at = row.release_note = None
 
     def close(self) -> None:
         self.ledger.dispose()

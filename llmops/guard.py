@@ -14,20 +14,23 @@ Fail closed: any exception inside the guard blocks the record with reason ``guar
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from llmops import injection
-from llmops.pii import Finding, detect
+from llmops.pii import Finding, NamePipelineUnavailable, detect
 from llmops.policy import GuardPolicy
+
+log = logging.getLogger("llmops.guard")
 
 __all__ = ["Finding", "GuardVerdict", "detect", "guard_variables", "redact_text", "restore", "screen_injection"]
 
 
-def screen_injection(text: str) -> str | None:
-    """The injection rule ``text`` hits, or None."""
-    hit = injection.screen(text)
+def screen_injection(text: str, *, released: str = "") -> str | None:
+    """The injection rule ``text`` hits, or None; ``released`` is a rule a data owner released, not screened."""
+    hit = injection.screen(text, released)
     return hit.rule if hit else None
 
 
@@ -39,6 +42,8 @@ class GuardVerdict:
     rule: str | None = None
     placeholders: dict[str, str] = field(default_factory=dict)  # placeholder -> original (never logged)
     restore: bool = False  # may the placeholders be put back into the output for the data owner?
+    allowed: set[str] = field(default_factory=set)  # PII types the policy let through unredacted
+    spans: list[Finding] = field(default_factory=list)  # every finding, in the order the strings were screened
 
 
 def guard_variables(
@@ -52,6 +57,13 @@ def guard_variables(
     try:
         return _guard(variables, policy, data_class, released or "")
     except Exception as exc:
+        # Never the exception's message (it may quote the record), except the name pipeline's install hint.
+        where = exc.__traceback__
+        while where is not None and where.tb_next is not None:
+            where = where.tb_next
+        origin = f"{where.tb_frame.f_code.co_filename}:{where.tb_lineno}" if where is not None else "?"
+        detail = str(exc) if isinstance(exc, NamePipelineUnavailable) else f"raised at {origin}"
+        log.error("guard error, record blocked: %s (%s)", type(exc).__name__, detail)
         return GuardVerdict("block", {}, rule=f"guard_error: {type(exc).__name__}")
 
 
@@ -60,9 +72,10 @@ class _Blocked(Exception):
 
 
 def _guard(variables: Mapping[str, Any], policy: GuardPolicy, data_class: str, released: str) -> GuardVerdict:
-    if policy.injection == "block" and not released.startswith("injection."):
+    if policy.injection == "block":
+        released_rule = released if released.startswith("injection.") else ""
         for value in _strings(variables):
-            rule = screen_injection(value)
+            rule = screen_injection(value, released=released_rule)  # a released rule only: the others still block
             if rule:
                 return GuardVerdict("block", {}, rule=rule)
     rules = policy.for_class(data_class)
@@ -70,10 +83,13 @@ def _guard(variables: Mapping[str, Any], policy: GuardPolicy, data_class: str, r
     by_value: dict[tuple[str, str], str] = {}
     placeholders: dict[str, str] = {}
     findings: dict[str, int] = {}
+    allowed: set[str] = set()
+    spans: list[Finding] = []
 
     def redact(text: str) -> str:
         to_replace: list[Finding] = []
         for f in detect(text, ja_names=policy.ja_name_pipeline):
+            spans.append(f)
             findings[f.pii_type] = findings.get(f.pii_type, 0) + 1
             action = rules.action_for(f.pii_type)
             if action == "block" and released == f"pii.{f.pii_type.lower()}":
@@ -81,6 +97,7 @@ def _guard(variables: Mapping[str, Any], policy: GuardPolicy, data_class: str, r
             if action == "block":
                 raise _Blocked(f"pii.{f.pii_type.lower()}")
             if action == "allow":
+                allowed.add(f.pii_type)
                 continue
             key = (f.pii_type, text[f.start : f.end])
             if key not in by_value:
@@ -95,7 +112,15 @@ def _guard(variables: Mapping[str, Any], policy: GuardPolicy, data_class: str, r
     except _Blocked as b:
         return GuardVerdict("block", {}, findings=findings, rule=str(b))
     action = "redact" if placeholders else "allow"
-    return GuardVerdict(action, cleaned, findings=findings, placeholders=placeholders, restore=rules.restore)
+    return GuardVerdict(
+        action,
+        cleaned,
+        findings=findings,
+        placeholders=placeholders,
+        restore=rules.restore,
+        allowed=allowed,
+        spans=spans,
+    )
 
 
 def anonymize(text: str, found: list[Finding], placeholder: Callable[[Finding], str]) -> str:

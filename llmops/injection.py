@@ -754,16 +754,24 @@ _ANCHORS: list[tuple[str, ...]] = [
 ]  # fmt: skip
 
 
-def _match(text: str) -> str | None:
+def family(rule: str) -> str:
+    """What a rule screens for, across languages and layers: ``injection.override_ja`` and
+    ``injection.intent_override`` are both ``override``."""
+    return rule.removeprefix("injection.").removeprefix("intent_").removesuffix("_ja")
+
+
+def _match(text: str, released: str = "") -> str | None:
     lowered = text.lower()
     ascii_only = text.isascii()
+    skip = family(released) if released else None
     for (rule, pattern), anchors in zip(_RULES, _ANCHORS, strict=True):
-        if (ascii_only and rule.endswith("_ja")) or not any(a in lowered for a in anchors):  # C-speed substring tests
-            continue
+        if (ascii_only and rule.endswith("_ja")) or family(rule) == skip or not any(a in lowered for a in anchors):
+            continue  # the anchors are C-speed substring tests
         for m in pattern.finditer(text):
             if not _quoted(text, m.start(), m.end()):
                 return rule
-    return _intent_text(_mask_reported(text))
+    intent = _intent_text(_mask_reported(text))
+    return None if intent is None or family(intent) == skip else intent
 
 
 _QUOTE_CHARS = re.compile("[" + re.escape("".join(_QUOTES)) + "]")
@@ -803,20 +811,21 @@ def _leet_words(text: str) -> bool:
 
 
 @functools.lru_cache(maxsize=2048)
-def screen(text: str) -> Hit | None:
-    """The first injection rule the text hits in any of its views, or None."""
+def screen(text: str, released: str = "") -> Hit | None:
+    """The first injection rule the text hits in any of its views, or None. ``released`` names a rule a data
+    owner released for this record: the rules of its family are not applied, every other one is."""
     if not text or not text.strip():
         return None
     norm = normalise(text)
-    rule = _match(norm)
+    rule = _match(norm, released)
     if rule:
         return Hit(rule, "text")
     if _leet_words(norm):
-        rule = _match(norm.translate(_LEET))
+        rule = _match(norm.translate(_LEET), released)
         if rule:
             return Hit(rule, "leet")
     for view in _decoded_views(norm):
-        rule = _match(normalise(view))
+        rule = _match(normalise(view), released)
         if rule:
             return Hit(rule, "decoded")
     return None

@@ -17,22 +17,13 @@ log = logging.getLogger("llmops.calls")
 EXCERPT_CHARS = 100
 
 
-_WINDOW = 400  # characters redacted for an excerpt; doubled until well past what the excerpt shows
+def excerpt(text: str, *, redact: bool = True) -> str:
+    """A single-line excerpt of at most 100 characters, with every PII finding of the whole text redacted.
 
-
-def excerpt(text: str) -> str:
-    """A redacted, single-line excerpt of at most 100 characters.
-
-    Only a leading window is redacted (a 2 KB record costs a fifth of a full pass): the window grows until
-    the redacted text runs at least 200 characters past what the excerpt shows, so no finding that
-    touches the excerpt can be cut by the window's end."""
-    window = _WINDOW
-    while True:
-        head = text[:window]
-        flat = " ".join(redact_text(head).split())
-        if window >= len(text) or len(flat) >= EXCERPT_CHARS + 200:
-            break
-        window *= 2
+    ``redact=False`` is for text the guard has already redacted with nothing let through (every finding is a
+    placeholder already): detecting again would find nothing new. Redaction runs over the whole text, never a
+    window of it — a finding cut at a window's end (a private-key block) would not be found and would leak."""
+    flat = " ".join((redact_text(text) if redact else text).split())
     return flat if len(flat) <= EXCERPT_CHARS else flat[: EXCERPT_CHARS - 1] + "…"
 
 

@@ -11,7 +11,7 @@ import json
 from collections.abc import Iterable, Iterator
 from typing import Any
 
-from llmops.guard import detect, guard_variables, screen_injection
+from llmops.guard import detect, guard_variables
 from llmops.policy import Policy
 
 
@@ -30,14 +30,12 @@ def scan_record(record: dict[str, Any], policy: Policy) -> dict[str, Any]:
             return {**out, "decision": "denied", "rule": "access.department", "findings": []}
         if not any(data_class in policy.roles[r].data_classes for r in person.roles):
             return {**out, "decision": "denied", "rule": "access.data_class", "findings": []}
-    findings = [
-        {"type": f.pii_type, "start": f.start, "end": f.end, "score": f.score}
-        for f in detect(text, ja_names=policy.guard.ja_name_pipeline)
-    ]
     verdict = guard_variables({"text": text}, policy.guard, str(data_class))
     decision = verdict.action
-    rule = verdict.rule or (screen_injection(text) if decision == "block" else None)
-    result = {**out, "decision": decision, "rule": rule, "findings": findings}
+    # A block stops the guard before (injection) or during (a blocking PII type) detection: detect in full then.
+    found = detect(text, ja_names=policy.guard.ja_name_pipeline) if decision == "block" else verdict.spans
+    findings = [{"type": f.pii_type, "start": f.start, "end": f.end, "score": f.score} for f in found]
+    result = {**out, "decision": decision, "rule": verdict.rule, "findings": findings}
     if decision != "block":
         result["redacted_text"] = verdict.variables.get("text", text)
     return result

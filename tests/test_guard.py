@@ -258,3 +258,11 @@ def test_registered_recognizer_is_used():
     finally:
         pii._SPECS.remove(spec)
         pii._engine.cache_clear()
+
+
+def test_log_excerpt_never_cuts_a_secret_in_half():
+    from llmops.observe import excerpt
+
+    key = "-----BEGIN RSA PRIVATE KEY-----\n" + "MIIEowIBAAKCAQEA" * 40 + "\n-----END RSA PRIVATE KEY-----"
+    out = excerpt("note: " + key + " trailing text " * 40)
+    assert "MIIEow" not in out and "<PRIVATE_KEY>" in out and len(out) <= 100
