@@ -84,6 +84,7 @@ class _Item:
     own_reserved: int  # reservation the row already holds (a crashed run's PENDING row)
     exists: bool  # the request key already has a ledger row
     model_pos: int = 0
+    tried: str | None = None  # the model of the last call sent (what a failed record reports)
     errors: list[str] = field(default_factory=list)
     overhead_ns: int = 0  # CPU the platform spent on this record (profile=True)
 
@@ -155,9 +156,16 @@ class Engine:
         self._writer_done = False
         writer = asyncio.create_task(self._writer())
         producer = asyncio.create_task(self._produce(iter(requests)))
+        dispatch = asyncio.create_task(self._dispatch())
+        # A failed ledger write ends the writer, whose window slots would then never be released: stop the
+        # dispatcher instead of letting it wait for them forever; the writer's error is raised below.
+        writer.add_done_callback(lambda w: dispatch.cancel() if not w.cancelled() and w.exception() else None)
         try:
-            await self._dispatch()
+            await dispatch
             await producer
+        except asyncio.CancelledError:
+            if not (writer.done() and not writer.cancelled() and writer.exception()):
+                raise
         finally:
             if not producer.done():  # the dispatcher failed: stop reading input
                 producer.cancel()
@@ -463,6 +471,7 @@ class Engine:
         try:
             while True:
                 model = it.prep.models[it.model_pos]
+                it.tried = model
                 entry = gw.policy.models[model]
                 endpoint = gw.endpoint(entry)
                 limiter = self._limiter(model)
@@ -552,7 +561,7 @@ class Engine:
 
     def _finish_failed(self, it: _Item) -> None:
         reasons = [*it.prep.reasons, *[f"call: {e}" for e in it.errors]]
-        model = it.prep.models[min(it.model_pos, len(it.prep.models) - 1)]
+        model = it.tried or it.prep.models[min(it.model_pos, len(it.prep.models) - 1)]
         fields = {"status": Status.FAILED.value, "reserved_nanousd": 0, "reasons": "; ".join(reasons)}
         result = Result(
             Status.FAILED,

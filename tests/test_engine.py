@@ -143,6 +143,18 @@ def test_faults_lose_nothing_and_bill_once(tmp_path: Path):
         srv.stop()
 
 
+def test_a_failed_ledger_write_fails_the_run_instead_of_hanging(tmp_path: Path, sim, monkeypatch):
+    def broken(self, batch):
+        raise RuntimeError("database went away")
+
+    monkeypatch.setattr(Engine, "_write", broken)
+    gw = _gateway(tmp_path, sim)
+    path = _records(tmp_path / "in.jsonl", 200)
+    with pytest.raises(RuntimeError, match="database went away"):
+        _run(gw, path, "broken-writer")  # before: the dispatcher waited forever for the window slots
+    gw.close()
+
+
 def test_engine_through_gateway_stages_denies_and_blocks(gateway: Gateway):
     """The engine uses Gateway's own stages: a denied user and an injection are recorded, never called."""
     prompt = "support_ticket_classify"
