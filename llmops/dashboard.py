@@ -138,7 +138,8 @@ def build(
         total_nano, total_n = s.execute(
             select(func.coalesce(func.sum(LlmCall.cost_nanousd), 0), func.count()).where(LlmCall.budget_month == month)
         ).one()
-        q_total = int(s.scalar(select(func.count()).select_from(Quarantine)) or 0)
+        waiting = Quarantine.released_at.is_(None)  # released records have been reviewed
+        q_total = int(s.scalar(select(func.count()).select_from(Quarantine).where(waiting)) or 0)
         quarantine = [
             {
                 "created_at": q.created_at.astimezone(tz).strftime("%Y-%m-%d %H:%M"),
@@ -151,7 +152,9 @@ def build(
                 "rule": q.rule,
                 "findings": ", ".join(f"{k}×{v}" for k, v in sorted(json.loads(q.findings or "{}").items())),
             }
-            for q in s.scalars(select(Quarantine).order_by(Quarantine.created_at.desc()).limit(QUARANTINE_ROWS))
+            for q in s.scalars(
+                select(Quarantine).where(waiting).order_by(Quarantine.created_at.desc()).limit(QUARANTINE_ROWS)
+            )
         ]
 
     evaluations = [

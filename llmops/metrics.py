@@ -227,8 +227,10 @@ class LedgerCollector(Collector):
         g = GaugeMetricFamily(
             "llmops_quarantine_records", "Blocked/denied records held for review", labels=["department", "status"]
         )
-        stmt = select(Quarantine.department, Quarantine.status, func.count()).group_by(
-            Quarantine.department, Quarantine.status
+        stmt = (
+            select(Quarantine.department, Quarantine.status, func.count())
+            .where(Quarantine.released_at.is_(None))  # a released record is reviewed: no longer waiting
+            .group_by(Quarantine.department, Quarantine.status)
         )
         with self.ledger.transaction() as s:
             for dept, status, n in sorted(s.execute(stmt)):

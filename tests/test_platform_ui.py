@@ -232,7 +232,7 @@ def test_llmops_page_and_metrics(platform, record_property):
         total = int(s.scalar(select(func.coalesce(func.sum(LlmCall.cost_nanousd), 0))))
         spend = select(LlmCall.department, func.sum(LlmCall.cost_nanousd)).group_by(LlmCall.department)
         by_dept = {d: int(c) for d, c in s.execute(spend)}
-        n_quarantine = s.scalar(select(func.count()).select_from(Quarantine))
+        n_quarantine = s.scalar(select(func.count()).select_from(Quarantine).where(Quarantine.released_at.is_(None)))
         # the latest night of every (prompt, version, model), with its MLflow run: what the page must list
         latest: dict[tuple[str, str, str], tuple[str, str | None]] = {}
         for e in s.scalars(select(EvalResult)):
