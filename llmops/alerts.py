@@ -18,16 +18,17 @@ from __future__ import annotations
 
 import logging
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
-from llmops.budget import Alerter, Budget, BudgetAlertEvent
+from llmops.budget import Alerter, Budget, BudgetAlertEvent, budget_month
 from llmops.ledger import AlertState, Ledger, LlmCall
-from llmops.metrics import budget_month, latest_evaluations
+from llmops.ledger.store import p95
+from llmops.metrics import latest_evaluations
 from llmops.policy import Policy
 from llmops.settings import Settings
 
@@ -65,11 +66,6 @@ class HealthReport:
         }
 
 
-def _p95(values: Sequence[int]) -> float:
-    ordered = sorted(values)
-    return float(ordered[min(len(ordered) - 1, round(0.95 * (len(ordered) - 1)))])
-
-
 def evaluate_rules(ledger: Ledger, settings: Settings, now: datetime | None = None) -> tuple[list[str], list[Breach]]:
     """Every (rule, key) evaluated and the breaches among them."""
     now = now or datetime.now(UTC)
@@ -90,7 +86,7 @@ def evaluate_rules(ledger: Ledger, settings: Settings, now: datetime | None = No
     window = f"last {settings.alert_window_minutes} min"
     for model, values in sorted(latencies.items()):
         checked.append(f"latency:{model}")
-        p95_s = _p95(values) / 1000
+        p95_s = p95(values) / 1000
         if p95_s > settings.alert_latency_s:
             breaches.append(
                 Breach(

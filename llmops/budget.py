@@ -25,6 +25,13 @@ from llmops.ledger import BudgetAlert, Ledger, LlmCall
 from llmops.policy import Policy
 from llmops.pricing import to_nano, usd
 
+
+def budget_month(timezone: str | ZoneInfo, when: datetime | None = None) -> str:
+    """The budget month (``YYYY-MM``) of ``when`` (default: now) in the budgets' time zone."""
+    tz = timezone if isinstance(timezone, ZoneInfo) else ZoneInfo(timezone)
+    return (when or datetime.now(UTC)).astimezone(tz).strftime("%Y-%m")
+
+
 log = logging.getLogger("llmops.budget")
 
 
@@ -75,7 +82,7 @@ class Budget:
         self._fired: set[tuple[str, str, str, float]] = set()
 
     def month(self, when: datetime | None = None) -> str:
-        return (when or datetime.now(UTC)).astimezone(self.tz).strftime("%Y-%m")
+        return budget_month(self.tz, when)
 
     def limit_nano(self, department: str) -> int:
         return to_nano(self.policy.departments[department].monthly_budget_usd)

@@ -18,8 +18,9 @@ from zoneinfo import ZoneInfo
 import jinja2
 from sqlalchemy import func, select
 
+from llmops.budget import budget_month
 from llmops.ledger import Ledger, LlmCall, Quarantine
-from llmops.metrics import budget_lines, budget_month, latest_evaluations
+from llmops.metrics import budget_lines, latest_evaluations
 from llmops.policy import Policy
 from llmops.pricing import usd
 

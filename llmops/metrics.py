@@ -24,13 +24,12 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
-from zoneinfo import ZoneInfo
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector, CollectorRegistry
 from sqlalchemy import case, func, select
 
+from llmops.budget import budget_month
 from llmops.ledger import EvalResult, Ledger, LlmCall, Quarantine
 from llmops.policy import Policy
 from llmops.pricing import to_nano, usd
@@ -51,10 +50,6 @@ class BudgetLine:
     @property
     def used_ratio(self) -> float:
         return (self.spent_nanousd + self.reserved_nanousd) / self.limit_nanousd if self.limit_nanousd else 0.0
-
-
-def budget_month(timezone: str, when: datetime | None = None) -> str:
-    return (when or datetime.now(UTC)).astimezone(ZoneInfo(timezone)).strftime("%Y-%m")
 
 
 def budget_lines(ledger: Ledger, policy: Policy, month: str) -> list[BudgetLine]:

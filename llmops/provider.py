@@ -98,22 +98,28 @@ class LiteLLMProvider:
             creds["api_key"] = key
         return creds
 
+    def _call_kwargs(
+        self, entry: ModelEntry, messages: list[dict[str, str]], params: dict[str, Any], timeout: float
+    ) -> dict[str, Any]:
+        """One litellm call's arguments, the same for the blocking and the async call: retries are ours."""
+        return {
+            "model": entry.litellm_model,
+            "messages": messages,
+            "timeout": timeout,
+            "num_retries": 0,
+            "max_retries": 0,
+            **self._credentials(entry),
+            **params,
+        }
+
     def complete(
         self, entry: ModelEntry, messages: list[dict[str, str]], params: dict[str, Any], timeout: float
     ) -> Completion:
         litellm = litellm_module()
-        creds = self._credentials(entry)
+        kwargs = self._call_kwargs(entry, messages, params, timeout)
         started = time.perf_counter()
         try:
-            resp = litellm.completion(
-                model=entry.litellm_model,
-                messages=messages,
-                timeout=timeout,
-                num_retries=0,
-                max_retries=0,
-                **creds,
-                **params,
-            )
+            resp = litellm.completion(**kwargs)
         except Exception as exc:
             raise _wrap(exc, entry) from None
         return _completion(resp, started, None)
@@ -123,18 +129,10 @@ class LiteLLMProvider:
     ) -> Completion:
         """One call through ``litellm.acompletion``; the result carries the response's rate-limit headers."""
         litellm = litellm_module()
-        creds = self._credentials(entry)
+        kwargs = self._call_kwargs(entry, messages, params, timeout)
         started = time.perf_counter()
         try:
-            resp = await litellm.acompletion(
-                model=entry.litellm_model,
-                messages=messages,
-                timeout=timeout,
-                num_retries=0,
-                max_retries=0,
-                **creds,
-                **params,
-            )
+            resp = await litellm.acompletion(**kwargs)
         except Exception as exc:
             err = _wrap(exc, entry)
             err.headers = _headers_of(exc)

@@ -87,6 +87,27 @@ def airflow_db():
     db.initdb()
 
 
+def add_eval_result(ledger, *, night: str, overall: float, **kw: object) -> None:
+    """One nightly result of support_ticket_classify 1.1.0 on sim-small (keyword arguments override)."""
+    from llmops.ledger import EvalResult
+
+    row: dict[str, object] = dict(
+        night=night,
+        prompt_name="support_ticket_classify",
+        prompt_version="1.1.0",
+        model="sim-small",
+        cases=10,
+        overall=overall,
+        pass_rate=overall,
+        metrics="{}",
+        cost_nanousd=0,
+        mlflow_run_id=None,
+    )
+    row.update(kw)
+    with ledger.transaction() as s:
+        s.add(EvalResult(**row))
+
+
 def write_policy(path: Path, **changes: object) -> Path:
     """Copy llmops.yaml with top-level edits applied (keys joined with "/")."""
     import yaml

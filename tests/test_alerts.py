@@ -14,11 +14,11 @@ import pytest
 
 from llmops.alerts import evaluate_rules, run_health_check
 from llmops.gateway import Gateway
-from llmops.ledger import AlertState, EvalResult
+from llmops.ledger import AlertState
 from llmops.settings import load_settings
 from llmops.simulator import SimConfig, run_in_thread
 from llmops.types import Request, Status
-from tests.conftest import ROOT, SIM_KEY, write_policy
+from tests.conftest import ROOT, SIM_KEY, add_eval_result, write_policy
 
 pytestmark = pytest.mark.slow
 
@@ -74,21 +74,7 @@ def troubled_ledger(tmp_path: Path, sim):
         gw_err.close()
     finally:
         broken.stop()
-    with gw.ledger.transaction() as s:
-        s.add(
-            EvalResult(
-                night="2026-01-02",
-                prompt_name="support_ticket_classify",
-                prompt_version="1.1.0",
-                model="sim-small",
-                cases=8,
-                overall=0.62,
-                pass_rate=0.5,
-                metrics="{}",
-                cost_nanousd=0,
-                mlflow_run_id=None,
-            )
-        )
+    add_eval_result(gw.ledger, night="2026-01-02", overall=0.62, cases=8, pass_rate=0.5)
     yield gw, data
     gw.close()
 

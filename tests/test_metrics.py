@@ -12,10 +12,10 @@ from sqlalchemy import func, select
 
 from llmops import dashboard, metrics
 from llmops.gateway import Gateway
-from llmops.ledger import EvalResult, LlmCall, Quarantine
+from llmops.ledger import LlmCall, Quarantine
 from llmops.pricing import usd
 from llmops.types import Request, Status
-from tests.conftest import ticket_request
+from tests.conftest import add_eval_result, ticket_request
 
 
 def _req(**kw) -> Request:
@@ -45,22 +45,15 @@ def busy(gateway: Gateway) -> Gateway:
     )
     statuses = {r.status for r in results}
     assert {Status.OK, Status.BLOCKED, Status.DENIED, Status.FAILED} <= statuses, statuses
-    with gateway.ledger.transaction() as s:
-        for night, overall in (("2026-01-01", 0.9), ("2026-01-02", 0.65)):
-            s.add(
-                EvalResult(
-                    night=night,
-                    prompt_name="support_ticket_classify",
-                    prompt_version="1.1.0",
-                    model="sim-small",
-                    cases=10,
-                    overall=overall,
-                    pass_rate=overall - 0.05,
-                    metrics="{}",
-                    cost_nanousd=1000,
-                    mlflow_run_id=f"run{night[-1]}",
-                )
-            )
+    for night, overall in (("2026-01-01", 0.9), ("2026-01-02", 0.65)):
+        add_eval_result(
+            gateway.ledger,
+            night=night,
+            overall=overall,
+            pass_rate=overall - 0.05,
+            cost_nanousd=1000,
+            mlflow_run_id=f"run{night[-1]}",
+        )
     return gateway
 
 

@@ -16,7 +16,7 @@ import httpx
 import pytest
 
 from llmops.platform import free_port, port_open
-from tests.conftest import ROOT
+from tests.conftest import ROOT, add_eval_result
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 ARTIFACTS = ROOT / "test-artifacts"
@@ -212,21 +212,10 @@ def test_llmops_page_and_metrics(platform, record_property):
     _quiesce(base, {"Authorization": f"Bearer {token}"})  # no run may bill the ledger while it is compared
 
     ledger = Ledger(f"sqlite:///{platform['data'] / 'ledger.db'}")
-    with ledger.transaction() as s:  # a nightly result to show (the nightly DAG itself runs in the stack test)
-        s.add(
-            EvalResult(
-                night="2026-01-02",
-                prompt_name="support_ticket_classify",
-                prompt_version="1.1.0",
-                model="sim-small",
-                cases=12,
-                overall=0.81,
-                pass_rate=0.75,
-                metrics="{}",
-                cost_nanousd=0,
-                mlflow_run_id="0123456789abcdef",
-            )
-        )
+    # a nightly result to show (the nightly DAG itself runs in the stack test)
+    add_eval_result(
+        ledger, night="2026-01-02", overall=0.81, cases=12, pass_rate=0.75, mlflow_run_id="0123456789abcdef"
+    )
     with ledger.transaction() as s:
         n_rows = s.scalar(select(func.count()).select_from(LlmCall))
         total = int(s.scalar(select(func.coalesce(func.sum(LlmCall.cost_nanousd), 0))))

@@ -8,7 +8,7 @@ the reservation it guards are one serialised step; Postgres locks the department
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
@@ -52,6 +52,12 @@ def _make_engine(url: str) -> Engine:
 
         return engine
     return create_engine(url, pool_pre_ping=True)
+
+
+def p95(values: Sequence[int]) -> float:
+    """The 95th percentile (nearest rank) of a non-empty sample."""
+    ordered = sorted(values)
+    return float(ordered[min(len(ordered) - 1, round(0.95 * (len(ordered) - 1)))])
 
 
 class Ledger:
@@ -140,10 +146,8 @@ class Ledger:
             .limit(5000)
         )
         with self._sessions() as s:
-            values = sorted(int(v) for v in s.scalars(stmt))
-        if len(values) < min_samples:
-            return None
-        return float(values[min(len(values) - 1, round(0.95 * (len(values) - 1)))])
+            values = [int(v) for v in s.scalars(stmt)]
+        return p95(values) if len(values) >= min_samples else None
 
     def mean_completion_tokens(
         self, prompt_name: str, prompt_version: str, model: str, min_samples: int = 5
