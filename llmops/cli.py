@@ -447,6 +447,33 @@ def guard_scan(
     typer.echo("scanned: " + ", ".join(f"{k}={v}" for k, v in sorted(decisions.items())), err=True)
 
 
+@guard_app.command("train-injection")
+def guard_train_injection(
+    files: Annotated[list[Path], typer.Argument(help="labelled files: '+ attack' / '- legitimate' lines")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="model JSON to write")] = Path(
+        "llmops/injection_model.json"
+    ),
+    false_alarms: Annotated[float, typer.Option(help="cross-validated false-alarm rate the threshold allows")] = 0.02,
+) -> None:
+    """Train the learned injection layer (needs scikit-learn); the threshold is set by cross-validation."""
+    from llmops.injection_model import train
+
+    missing = [str(f) for f in files if not f.is_file()]
+    if missing:
+        raise LlmopsError(f"not a file: {', '.join(missing)}", "pass labelled .txt files ('+ ' / '- ' lines)")
+    try:
+        model = train(files, false_alarms=false_alarms)
+    except ValueError as exc:
+        raise LlmopsError(str(exc), "add labelled lines of both kinds") from exc
+    output.write_text(json.dumps(model.to_json(), ensure_ascii=False, separators=(",", ":")) + "\n", encoding="utf-8")
+    m = model.meta
+    typer.echo(
+        f"trained on {m['lines']} lines ({m['attacks']} attacks): threshold {model.threshold:.4f}, cross-validated "
+        f"detection {m['cv_detection']:.3f}, false alarms {m['cv_false_alarms']:.3f} -> {output}",
+        err=True,
+    )
+
+
 @guard_app.command("quarantine")
 def guard_quarantine(run: Annotated[str | None, typer.Option(help="only this run")] = None) -> None:
     """Blocked and denied records awaiting review: reason, rule, finding types and counts (never raw PII)."""

@@ -28,9 +28,12 @@ log = logging.getLogger("llmops.guard")
 __all__ = ["Finding", "GuardVerdict", "detect", "guard_variables", "redact_text", "restore", "screen_injection"]
 
 
-def screen_injection(text: str, *, released: str = "") -> str | None:
-    """The injection rule ``text`` hits, or None; ``released`` is a rule a data owner released, not screened."""
-    hit = injection.screen(text, released)
+def screen_injection(
+    text: str, *, released: str = "", learned: bool = True, threshold: float | None = None
+) -> str | None:
+    """The injection rule ``text`` hits, or None; ``released`` is a rule a data owner released, not screened;
+    ``learned``/``threshold`` switch and tune the learned layer (policy ``guard.injection_model``)."""
+    hit = injection.screen(text, released, learned=learned, threshold=threshold)
     return hit.rule if hit else None
 
 
@@ -75,7 +78,12 @@ def _guard(variables: Mapping[str, Any], policy: GuardPolicy, data_class: str, r
     if policy.injection == "block":
         released_rule = released if released.startswith("injection.") else ""
         for value in _strings(variables):
-            rule = screen_injection(value, released=released_rule)  # a released rule only: the others still block
+            rule = screen_injection(
+                value,
+                released=released_rule,
+                learned=policy.injection_model,
+                threshold=policy.injection_threshold,
+            )  # a released rule only: the others still block
             if rule:
                 return GuardVerdict("block", {}, rule=rule)
     rules = policy.for_class(data_class)

@@ -31,6 +31,7 @@ import urllib.parse
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from llmops import injection_model
 from llmops.pii import strip_invisible
 
 # Look-alikes (Unicode confusables) of Latin letters that NFKC does not fold.
@@ -216,7 +217,7 @@ _RULES: list[tuple[str, re.Pattern[str]]] = [
         "injection.markup",
         re.compile(
             r"<\|?\s*/?\s*(?:system|assistant|im_start|im_end|endoftext|developer)\s*\|?>(?![^\n]{0,25}\b(?:tags?|tokens?|markers?|delimiters?)\b)|^\s*(?:システム|アシスタント)\s*[:：]|\[\s*(?:assistant|ai|system|model|note to (?:the )?(?:ai|assistant|model))\s*:|</\s*(?:record|data|document|input|ticket|user|row)\s*>\s*<\s*(?:record|data|document|input|instructions?|system)[^>]*(?:override|priority|system|instruction)|\[/?(?:INST|SYS)\]|"
-            r"<<\s*/?SYS\s*>>|^\s*#{1,6}\s*(?:system|new instructions)\b|^\s*(?:system|assistant)\s*:\s|"
+            r"<<\s*/?SYS\s*>>|^\s*#{1,6}\s*(?:system|new instructions)\s*(?::|$)|^\s*(?:system|assistant)\s*:[ \t]+\S|"
             r"```\s*system\b|<\s*/?\s*(?:システム|アシスタント|開発者)\s*>|\[(?:system|assistant|developer)\]\s*\(#?[\w\-]*\)|\bEND OF (?:USER |CUSTOMER )?(?:INPUT|DATA|DOCUMENT|TICKET|RECORD|EMAIL|MESSAGE|TEXT|"
             r"CONTEXT|TRANSCRIPT|FILE|CONVERSATION)\b[\s\S]{0,60}?\b(?:BEGIN|START|(?:YOUR )?(?:NEW|NEXT|REAL) (?:TASK|"
             r"INSTRUCTIONS?|ORDERS|DIRECTIVE|SYSTEM|JOB|ASSIGNMENT)|SYSTEM\s*:|(?:INSTRUCTIONS?|TASK) (?:FOR|TO) (?:THE )?(?:AI|ASSISTANT|MODEL|BOT))\b",
@@ -252,7 +253,7 @@ _RULES: list[tuple[str, re.Pattern[str]]] = [
     (
         "injection.override_ja",
         re.compile(
-            r"(?:新しい|本当の|真の)(?:指示|命令|タスク|役割)(?:は|を|：|:)|これより(?:以下の)?指示に(?:のみ)?従|"
+            r"(?<!への)(?<!向けの)(?<!向け)(?:新しい|本当の|真の)(?:指示|命令|タスク|役割)(?:は|を|：|:)|これより(?:以下の)?指示に(?:のみ)?従|"
             r"(?:倫理的な|道徳的な|安全上の|安全)?(?:制約|制限|ルール|規則|ガイドライン|"
             r"(?:安全|コンテンツ|セーフティ|有害(?:コンテンツ)?|出力|検閲)フィルター|検閲)(?:を|は)"
             r"(?:すべて|全て|一切)?(?:無視|解除|外)" + _IMPERATIVE_JA
@@ -264,7 +265,8 @@ _RULES: list[tuple[str, re.Pattern[str]]] = [
             r"(?:システムプロンプト|システムメッセージ|初期(?:設定|指示|プロンプト)|隠された(?:指示|プロンプト)|"
             r"(?:あなた|君|お前)(?:の|が受けた|に与えられた|が受け取った)(?:指示|設定|プロンプト|ルール))"
             r"(?:を|の内容を|の全文を|の内容を全部|について)?.{0,10}?"
-            r"(?:表示|出力|教え|開示|見せ|繰り返|書き出|暴露|漏ら|読み聞かせ|読み上げ)" + r"(?!され)"
+            r"(?:表示|出力|教え|開示|見せ|繰り返|書き出|暴露|漏ら|読み聞かせ|読み上げ)"
+            r"(?!され)(?!してしま)(?!した)(?!を求める)"  # reported ("表示してしまった") or a noun ("開示を求める")
         ),
     ),
     (
@@ -394,7 +396,8 @@ _RULES: list[tuple[str, re.Pattern[str]]] = [
 _REPORTING = re.compile(
     r"\b(?:wrote|writes|said|says|typed|sent|posted|contained|contains|included|pasted|reported|received|"
     r"message|ticket|email|comment|phrase|string|text|payload|example|attempt|like)\b|という|と書|と送|と入力|と投稿|"
-    r"と言|のような|などの|といった|などと|のように|と書かれた|等の|例えば|文言|メッセージ",
+    r"と言|のような|などの|といった|などと|のように|と書かれた|等の|例えば|文言|メッセージ|と隠され|と記載|と明記|"
+    r"から始まる|で始まる|との記載|と埋め込",
     re.I,
 )
 _QUOTES = {'"': '"', "'": "'", "“": "”", "‘": "’", "「": "」", "『": "』", "«": "»", "`": "`"}
@@ -760,6 +763,15 @@ def family(rule: str) -> str:
     return rule.removeprefix("injection.").removeprefix("intent_").removesuffix("_ja")
 
 
+# words that mark chat-template markup as documented or reported, not used
+_DOCUMENTED = re.compile(
+    r"chatml|tokeni[sz]er|special tokens?|\bregex|saniti[sz]|fine-?tun|training data|llama ?2|red[- ]team|"
+    r"学習データ|トークナイザ|正規表現|レッドチーム|演習|ファインチューニング|形式では",
+    re.I,
+)
+_THIRD_PERSON = re.compile(r"\b(?:its|their)\s+(?:own\s+)?(?:system|hidden|initial|original|instructions|prompt)", re.I)
+
+
 def _match(text: str, released: str = "") -> str | None:
     lowered = text.lower()
     ascii_only = text.isascii()
@@ -768,8 +780,13 @@ def _match(text: str, released: str = "") -> str | None:
         if (ascii_only and rule.endswith("_ja")) or family(rule) == skip or not any(a in lowered for a in anchors):
             continue  # the anchors are C-speed substring tests
         for m in pattern.finditer(text):
-            if not _quoted(text, m.start(), m.end()):
-                return rule
+            if _quoted(text, m.start(), m.end()):
+                continue
+            if rule == "injection.markup" and _DOCUMENTED.search(text, max(0, m.start() - 100), m.end() + 100):
+                continue  # chat-template tokens explained in documentation or a security report
+            if rule == "injection.extraction" and _THIRD_PERSON.search(m.group(0)):
+                continue  # "asking the model to reveal its system prompt": about a model, not to it
+            return rule
     intent = _intent_text(_mask_reported(text))
     return None if intent is None or family(intent) == skip else intent
 
@@ -810,10 +827,18 @@ def _leet_words(text: str) -> bool:
     return False
 
 
+LEARNED = "injection.learned"
+
+
 @functools.lru_cache(maxsize=2048)
-def screen(text: str, released: str = "") -> Hit | None:
+def screen(text: str, released: str = "", *, learned: bool = True, threshold: float | None = None) -> Hit | None:
     """The first injection rule the text hits in any of its views, or None. ``released`` names a rule a data
-    owner released for this record: the rules of its family are not applied, every other one is."""
+    owner released for this record: the rules of its family are not applied, every other one is.
+
+    When no rule hits and ``learned`` is on, the learned layer (:mod:`llmops.injection_model`) scores the
+    normalised text and reports ``injection.learned`` at or above ``threshold`` (default: the model's own).
+    A learned score never overrules a rule: an attacker who pads a payload with benign text must not get
+    a rule hit waived. A model that cannot be read raises, and the guard blocks the record (fail closed)."""
     if not text or not text.strip():
         return None
     norm = normalise(text)
@@ -828,4 +853,8 @@ def screen(text: str, released: str = "") -> Hit | None:
         rule = _match(normalise(view), released)
         if rule:
             return Hit(rule, "decoded")
+    if learned and family(released) != family(LEARNED):
+        model = injection_model.load()
+        if model.score(norm) >= (model.threshold if threshold is None else threshold):
+            return Hit(LEARNED, "text")
     return None

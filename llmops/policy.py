@@ -147,6 +147,12 @@ class GuardPolicy(_Strict):
     pii: dict[str, PiiAction] = Field(default_factory=dict)
     default_pii_action: PiiAction = "redact"
     injection: Literal["block", "allow"] = "block"
+    injection_model: bool = Field(
+        default=True, description="screen with the learned layer too (injection.learned), not only the rules"
+    )
+    injection_threshold: float | None = Field(
+        default=None, description="the learned layer's decision value to block at; default: the shipped model's"
+    )
     restore_placeholders: bool = False
     ja_name_pipeline: bool = Field(default=False, description="Japanese person names through ja-ginza (extra 'ja')")
     data_classes: dict[DataClass, DataClassRule] = Field(default_factory=dict)
