@@ -28,6 +28,7 @@ from typing import Any
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from llmops import injection_model
 from llmops.guard import guard_variables, screen_injection
 from llmops.pii import STRUCTURED, detect, warm_up
 from llmops.policy import GuardPolicy
@@ -132,11 +133,11 @@ def timing(texts: list[str], policy: GuardPolicy) -> tuple[float, float]:
     return statistics.median(times), times[int(0.95 * (len(times) - 1))]
 
 
-def injection_rates(name: str, label: str, verbose: bool) -> tuple[float, float]:
+def injection_rates(name: str, label: str, verbose: bool, *, learned: bool = True) -> tuple[float, float]:
     """Print and return the detection and false-positive rates of the screening on one injection set."""
     pos, neg = load_injection(name)
-    caught = [t for t in pos if screen_injection(t)]
-    false = [t for t in neg if screen_injection(t)]
+    caught = [t for t in pos if screen_injection(t, learned=learned)]
+    false = [t for t in neg if screen_injection(t, learned=learned)]
     print(f"{label}: {len(pos)} attacks, {len(neg)} hard negatives")
     print(f"  detection rate      {len(caught) / len(pos):.3f}  ({len(caught)}/{len(pos)})")
     print(f"  false-positive rate {len(false) / len(neg):.3f}  ({len(false)}/{len(neg)})")
@@ -145,7 +146,7 @@ def injection_rates(name: str, label: str, verbose: bool) -> tuple[float, float]
             if t not in caught:
                 print(f"  missed: {t!r}")
         for t in false:
-            print(f"  false alarm: {t!r} ({screen_injection(t)})")
+            print(f"  false alarm: {t!r} ({screen_injection(t, learned=learned)})")
     return len(caught) / len(pos), len(false) / len(neg)
 
 
@@ -180,7 +181,17 @@ def main() -> int:
         ("injection_round6.txt", "round 6 (tuning set)"),
     ):
         injection_rates(name, label, args.verbose)
-    held = injection_rates("injection_heldout4.txt", "held-out", args.verbose)
+    model = injection_model.load()
+    print(
+        f"\nlearned layer: {model.meta['lines']} training lines from {len(model.meta['files'])} files, threshold "
+        f"{model.threshold:.3f}; cross-validated rules {model.meta['cv_rules_detection']:.3f} / "
+        f"{model.meta['cv_rules_false_alarms']:.3f}, rules + layer {model.meta['cv_detection']:.3f} / "
+        f"{model.meta['cv_false_alarms']:.3f} (detection / false alarms)"
+    )
+    held = (0.0, 0.0)
+    for name, label in (("injection_heldout4.txt", "held-out set 4"), ("injection_heldout5.txt", "held-out set 5")):
+        injection_rates(name, f"{label}, rules only", args.verbose, learned=False)
+        held = injection_rates(name, f"{label}, rules + learned layer", args.verbose)
 
     plain = GuardPolicy()
     warm_up()
@@ -194,6 +205,15 @@ def main() -> int:
             if density is not None:
                 worst_typical = max(worst_typical, p95)
             print(f"  {name:9} {label:24} p50 {p50:6.2f} ms   p95 {p95:6.2f} ms")
+    rules_only = GuardPolicy(injection_model=False)
+    for lang, name in (("en", "English"), ("ja", "Japanese")):
+        texts = two_kb_records(records, lang, args.records, 3)
+        base50, base95 = timing(texts, rules_only)
+        with50, with95 = timing(texts, plain)
+        print(
+            f"  {name:9} typical, learned layer off  p50 {base50:6.2f} ms   p95 {base95:6.2f} ms"
+            f"   (layer on / off, same run: p50 x{with50 / base50:.2f}, p95 x{with95 / base95:.2f})"
+        )
     if not args.no_ginza:
         named = GuardPolicy(ja_name_pipeline=True)
         start = time.perf_counter()
@@ -212,8 +232,8 @@ def main() -> int:
         "structured precision": (s["precision"], s["precision"] >= TARGETS["precision"]),
         "injection detection": (detection, detection >= TARGETS["detection"]),
         "injection false positives": (fp_rate, fp_rate <= TARGETS["false_positives"]),
-        "held-out detection": (held[0], held[0] >= TARGETS["detection"]),
-        "held-out false positives": (held[1], held[1] <= TARGETS["false_positives"]),
+        "held-out 5 detection": (held[0], held[0] >= TARGETS["detection"]),
+        "held-out 5 false positives": (held[1], held[1] <= TARGETS["false_positives"]),
         "guard p95 ms, typical (no names)": (worst_typical, worst_typical <= TARGETS["p95_ms"]),
     }
     print("\ntargets:")

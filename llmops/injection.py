@@ -161,7 +161,7 @@ _RULES: list[tuple[str, re.Pattern[str]]] = [
             r"(?::|are\b|is\b)|\byour (?:new|real|actual|true) (?:task|instructions?|purpose|goal|role|orders|mission|"
             r"objective|job) (?:is|are)\b|\b(?:new|next|real|actual) (?:task|instructions?|orders|job|mission) "
             r"for (?:the |you,? )?(?:ai|assistant|model|bot|llm|chatbot)\b|"
-            r"^\s*(?:system |admin |developer )?override\s*:|\bsystem override\b",
+            r"^\s*(?:system |admin |developer )?override\s*:(?![ \t]*(?:$|true\b|false\b|yes\b|no\b|\d|#))|\bsystem override\b",
             _I | re.M,
         ),
     ),
@@ -189,7 +189,9 @@ _RULES: list[tuple[str, re.Pattern[str]]] = [
             r"\b(?:DAN|do anything now|jailbr(?:oken|eak)|unfiltered|uncensored|unrestricted|developer mode|"
             r"god mode|evil|no (?:rules|restrictions|limits|filters|guidelines|ethics|morals|ethical guidelines|"
             r"content polic(?:y|ies)|safety)|without (?:any )?(?:rules|restrictions|limits|filters|guidelines|"
-            r"censorship|ethics|morals))\b",
+            r"censorship|ethics|morals))\b"
+            r"(?![^.\n]{0,40}\b(?:android|phone|iphone|chrome|extensions?|settings|windows|browser|device|tablet|ide)\b)"
+            r"(?![^.\n]{0,12}\b(?:in|on) (?:your |the )?(?:android|phone|iphone|chrome|settings|windows|browser|device))",
             _I,
         ),
     ),
@@ -395,7 +397,8 @@ _RULES: list[tuple[str, re.Pattern[str]]] = [
 
 _REPORTING = re.compile(
     r"\b(?:wrote|writes|said|says|typed|sent|posted|contained|contains|included|pasted|reported|received|"
-    r"message|ticket|email|comment|phrase|string|text|payload|example|attempt|like)\b|という|と書|と送|と入力|と投稿|"
+    r"message|ticket|email|comment|phrase|strings?|text|payload|example|attempt|like|reads|posting|typing|"
+    r"replies|messages like)\b|という|と書|と送|と入力|と投稿|って|と聞|と返|とリプ|本文が|"
     r"と言|のような|などの|といった|などと|のように|と書かれた|等の|例えば|文言|メッセージ|と隠され|と記載|と明記|"
     r"から始まる|で始まる|との記載|と埋め込",
     re.I,
@@ -650,6 +653,10 @@ _TARGET_STEMS = (
 )  # fmt: skip
 
 
+# instructions a person gave people (an e-mail, a manual, a boss, an exam question), not the model's
+_WRITER_OWNED_JA = re.compile(r"メール|お伝えした|説明書|設問|上司|上長|部長|課長|マニュアル|手順書|先生|講師")
+
+
 def _intent_text(text: str) -> str | None:
     """The intent rules over every sentence at once: each signal family is searched once over the whole
     text, and its hits are grouped by sentence."""
@@ -688,7 +695,15 @@ def _intent_text(text: str) -> str | None:
     for sid, xs in generic.items():
         if sid in qualified or sid in model:
             target[sid] = sorted(target.get(sid, []) + xs)
-    instructions_ja = hits(_INSTRUCTIONS_JA) if not text.isascii() else empty
+    instructions_ja = (
+        {
+            sid: kept
+            for sid, xs in hits(_INSTRUCTIONS_JA).items()
+            if (kept := [x for x in xs if not _WRITER_OWNED_JA.search(text[max(0, x - 14) : x])])
+        }
+        if not text.isascii()
+        else empty
+    )
     if target and near(hits(_OVERRIDE), target, 60):
         return "injection.intent_override"
     if instructions_ja and near_before(instructions_ja, hits(_OVERRIDE_JA), 15):
@@ -766,10 +781,14 @@ def family(rule: str) -> str:
 # words that mark chat-template markup as documented or reported, not used
 _DOCUMENTED = re.compile(
     r"chatml|tokeni[sz]er|special tokens?|\bregex|saniti[sz]|fine-?tun|training data|llama ?2|red[- ]team|"
+    r"chat_template|moderation|parser|unit test|\bassert\b|blocklist|"
     r"学習データ|トークナイザ|正規表現|レッドチーム|演習|ファインチューニング|形式では",
     re.I,
 )
-_THIRD_PERSON = re.compile(r"\b(?:its|their)\s+(?:own\s+)?(?:system|hidden|initial|original|instructions|prompt)", re.I)
+_YOUR = re.compile(r"\byour\b|あなた|君の|お前", re.I)
+_THIRD_PERSON = re.compile(
+    r"\b(?:its|their|a)\s+(?:own\s+)?(?:system|hidden|initial|original|instructions|prompt)", re.I
+)
 
 
 def _match(text: str, released: str = "") -> str | None:
@@ -788,6 +807,8 @@ def _match(text: str, released: str = "") -> str | None:
                 continue  # "asking the model to reveal its system prompt": about a model, not to it
             return rule
     intent = _intent_text(_mask_reported(text))
+    if intent == "injection.intent_extraction" and _THIRD_PERSON.search(text) and not _YOUR.search(text):
+        return None  # "tricked into revealing its system prompt": a report about a model, not an order to it
     return None if intent is None or family(intent) == skip else intent
 
 
@@ -838,7 +859,8 @@ def screen(text: str, released: str = "", *, learned: bool = True, threshold: fl
     When no rule hits and ``learned`` is on, the learned layer (:mod:`llmops.injection_model`) scores the
     normalised text and reports ``injection.learned`` at or above ``threshold`` (default: the model's own).
     A learned score never overrules a rule: an attacker who pads a payload with benign text must not get
-    a rule hit waived. A model that cannot be read raises, and the guard blocks the record (fail closed)."""
+    a rule hit waived. A released record is not scored by the layer (the reviewer judged that content);
+    the rules outside the released family still apply. A model that cannot be read raises, and the guard blocks the record (fail closed)."""
     if not text or not text.strip():
         return None
     norm = normalise(text)
@@ -853,7 +875,7 @@ def screen(text: str, released: str = "", *, learned: bool = True, threshold: fl
         rule = _match(normalise(view), released)
         if rule:
             return Hit(rule, "decoded")
-    if learned and family(released) != family(LEARNED):
+    if learned and not released:  # a reviewer's release of an injection verdict covers this layer's too
         model = injection_model.load()
         if model.score(norm) >= (model.threshold if threshold is None else threshold):
             return Hit(LEARNED, "text")
