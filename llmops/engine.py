@@ -212,6 +212,8 @@ class Engine:
         existing, db_ns = await self._in_db(_timed(_existing_rows), gw, [key for *_, key in lookups])
         share = (share + db_ns) // len(group)
         rejected: list[tuple[int, Rejected]] = []
+        deferred: list[tuple[int, Request]] = []
+        throttled: list[_Item] = []  # under a person/department rate limit: admitted together below
         for n, (i, req, pv, key) in enumerate(lookups):
             row = existing.get(key)
             if row is not None and is_final(row):
@@ -219,7 +221,7 @@ class Engine:
                 self._emit(i, gw.replay(req, pv, row))
                 continue
             if self._stop_reason is not None:
-                await self._defer(i, req)
+                deferred.append((i, req))
                 continue
             t0 = time.thread_time_ns()
             prep = gw.prepare(req, pv, key, row)
@@ -236,41 +238,54 @@ class Engine:
                 exists=row is not None,
                 overhead_ns=spent,
             )
-            await self._admit_quota(item)
-            await self._queue.put(item)
+            if gw.rates.scopes(req.user, req.department):
+                throttled.append(item)
+            else:
+                await self._queue.put(item)
             if n % 4 == 3:
                 await asyncio.sleep(0)  # let responses and settlements through between records
         if rejected:
-            results = await self._in_db(lambda: [(i, gw.reject(r)) for i, r in rejected])
-            for i, result in results:
+            results = await self._in_db(gw.reject_many, [r for _, r in rejected])
+            for (i, _), result in zip(rejected, results, strict=True):
                 self.stats.rejected += 1
                 self._emit(i, result)
+        await self._defer_many(deferred)
+        await self._admit_quota(throttled)
 
-    async def _admit_quota(self, item: _Item) -> None:
-        """Per-person / per-department rate limits (the policy's ``rate_limit``): wait until the shared
-        minute has room. A throttled batch slows down; it never drops a record."""
-        req, prep = item.req, item.prep
-        if not self.gw.rates.scopes(req.user, req.department):
+    async def _admit_quota(self, items: list[_Item]) -> None:
+        """Per-person / per-department rate limits (the policy's ``rate_limit``): admit each run of items
+        of one person and department in one transaction, as many as the shared minute has room for, and
+        wait for the rest. A throttled batch slows down; it never drops a record."""
+        start = 0
+        while start < len(items):
+            user, dept = items[start].req.user, items[start].req.department
+            end = start
+            while end < len(items) and (items[end].req.user, items[end].req.department) == (user, dept):
+                end += 1
+            waited = 0.0
+            while start < end:
+                tokens = [it.prep.prompt_tokens + it.prep.max_tokens for it in items[start:end]]
+                n, adm = await self._in_db(self.gw.rates.admit_many, user, dept, tokens)
+                for it in items[start : start + n]:
+                    if waited:
+                        it.prep.reasons.append(f"rate.throttled: waited {waited:.1f}s")
+                    await self._queue.put(it)
+                start += n
+                if start < end:
+                    delay = min(adm.wait_s, 60.0) + 0.01
+                    await asyncio.sleep(delay)
+                    waited += delay
+
+    async def _defer_many(self, items: list[tuple[int, Request]]) -> None:
+        """Record requests as deferred after the batch stopped, in one transaction."""
+        if not items:
             return
-        waited = 0.0
-        while True:
-            n, adm = await self._in_db(
-                self.gw.rates.admit_many, req.user, req.department, [prep.prompt_tokens + prep.max_tokens]
-            )
-            if n:
-                break
-            delay = min(adm.wait_s, 60.0) + 0.01
-            await asyncio.sleep(delay)
-            waited += delay
-        if waited:
-            prep.reasons.append(f"rate.throttled: waited {waited:.1f}s")
-
-    async def _defer(self, index: int, req: Request) -> None:
         reason = self._stop_reason or "budget: batch stopped"
-        result = await self._in_db(self.gw.defer, req, reason)
-        if result.status == Status.DEFERRED:
-            self.stats.deferred += 1
-        self._emit(index, result)
+        results = await self._in_db(self.gw.defer_many, [req for _, req in items], reason)
+        for (index, _), result in zip(items, results, strict=True):
+            if result.status == Status.DEFERRED:
+                self.stats.deferred += 1
+            self._emit(index, result)
 
     # -- stage 2: admission (budget reservation for a group in one transaction) -------------------
     async def _dispatch(self) -> None:
@@ -292,9 +307,9 @@ class Engine:
             for _ in batch:
                 await self._window.acquire()
             if self._stop_reason is not None:
-                for it in batch:
+                for _ in batch:
                     self._window.release()
-                    await self._defer(it.index, it.req)
+                await self._defer_many([(it.index, it.req) for it in batch])
                 continue
             await self._admit(batch)
 
@@ -321,9 +336,9 @@ class Engine:
             self.stats.budget_exceeded += 1
             self._window.release()
             self._emit(first.index, reason)
-            for it in rest:
+            for _ in rest:
                 self._window.release()
-                await self._defer(it.index, it.req)
+            await self._defer_many([(it.index, it.req) for it in rest])
 
     def _next_open_model(self, it: _Item) -> bool:
         """Advance past models whose circuit is open; False when none is left."""
@@ -522,18 +537,8 @@ class Engine:
                             f"route.fallback: answered by {model}",
                         ]
                     t0 = time.thread_time_ns()
-                    inp, out = entry.price()
                     fields, result = gw.settlement(
-                        it.prep.ctx,
-                        it.prep.pv.meta.output,
-                        model,
-                        result_call_id(gw, it, model),
-                        completion,
-                        it.prep.reasons,
-                        it.prep.placeholders,
-                        it.prep.findings,
-                        inp,
-                        out,
+                        it.prep, model, result_call_id(gw, it, model), completion, it.prep.reasons
                     )
                     it.overhead_ns += time.thread_time_ns() - t0
                     self._settle(_Settle(it, fields, result))

@@ -13,9 +13,11 @@ import logging
 import random
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
+
+from sqlalchemy import select
 
 from llmops.access import check_request
 from llmops.breaker import CircuitBreaker
@@ -51,6 +53,17 @@ class _Ctx:
     req: Request
     key: str
     base: dict[str, Any]
+
+
+@dataclass
+class _Final:
+    """The final row of a request that made no call: denied, blocked, failed before a call, deferred."""
+
+    ctx: _Ctx
+    status: Status
+    reasons: list[str]
+    findings: dict[str, int] = field(default_factory=dict)
+    prompt_excerpt: str = ""
 
 
 @dataclass
@@ -212,19 +225,7 @@ class Gateway:
                 continue
             if errors:  # record why earlier models of the chain were passed over
                 reasons = [*reasons, *[f"fallback: {e}" for e in errors], f"route.fallback: answered by {model}"]
-            return self._settle(
-                ctx,
-                pv.meta.output,
-                model,
-                call_id,
-                completion,
-                reasons,
-                prep.placeholders,
-                prep.findings,
-                prompt_excerpt,
-                inp,
-                out,
-            )
+            return self._settle(prep, model, call_id, completion, reasons)
         all_reasons = [*reasons, *[f"call: {e}" for e in errors]]
         if self.ledger.get(key) is None:  # no model was even tried (every circuit open)
             return self._final(ctx, Status.FAILED, all_reasons, findings=prep.findings, prompt_excerpt=prompt_excerpt)
@@ -311,7 +312,11 @@ class Gateway:
 
     def reject(self, rej: Rejected) -> Result:
         """Record a request that ends before any call (denied, blocked, failed to render or route)."""
-        return self._final(rej.ctx, rej.status, rej.reasons, findings=rej.findings, prompt_excerpt=rej.prompt_excerpt)
+        return self.reject_many([rej])[0]
+
+    def reject_many(self, rejs: list[Rejected]) -> list[Result]:
+        """Record requests that end before any call, all in one transaction."""
+        return self._final_many([_Final(r.ctx, r.status, r.reasons, r.findings or {}, r.prompt_excerpt) for r in rejs])
 
     def call_fields(self, prep: Prepared, model: str, attempts: int) -> dict[str, Any]:
         """Ledger fields of a request about to call ``model`` (its row is written PENDING with a reservation)."""
@@ -345,12 +350,27 @@ class Gateway:
 
     def defer(self, req: Request, reason: str) -> Result:
         """Record a request as deferred without calling anything (its batch stopped at the budget)."""
-        pv = self.library.resolve(req.prompt)
-        key = req.request_key(pv.ref)
-        existing = self.ledger.get(key)
-        if existing is not None and is_final(existing):
-            return _from_row(existing, replayed=True)
-        return self._final(_Ctx(req, key, self._base(req, pv)), Status.DEFERRED, [reason])
+        return self.defer_many([req], reason)[0]
+
+    def defer_many(self, reqs: list[Request], reason: str) -> list[Result]:
+        """Record requests as deferred, in one transaction; a request already final is returned as it is."""
+        finals: list[_Final] = []
+        replayed: dict[int, Result] = {}
+        for req in reqs:
+            pv = self.library.resolve(req.prompt)
+            finals.append(_Final(_Ctx(req, req.request_key(pv.ref), self._base(req, pv)), Status.DEFERRED, [reason]))
+        with self.ledger.transaction() as s:
+            final_rows = {
+                r.request_key: r
+                for r in s.scalars(select(LlmCall).where(LlmCall.request_key.in_([f.ctx.key for f in finals])))
+                if is_final(r)
+            }
+            for n, f in enumerate(finals):
+                if f.ctx.key in final_rows:
+                    replayed[n] = _from_row(final_rows[f.ctx.key], replayed=True)
+            rows = [self._write_final(s, f) for n, f in enumerate(finals) if n not in replayed]
+        written = iter(self._log_finals([f for n, f in enumerate(finals) if n not in replayed], rows))
+        return [replayed[n] if n in replayed else next(written) for n in range(len(finals))]
 
     def _base(self, req: Request, pv: Any) -> dict[str, Any]:
         return {
@@ -404,48 +424,31 @@ class Gateway:
                 return completion
         raise AssertionError("unreachable")  # pragma: no cover
 
-    def _settle(
-        self,
-        ctx: _Ctx,
-        output_spec: Any,
-        model: str,
-        call_id: str,
-        completion: Completion,
-        reasons: list[str],
-        placeholders: dict[str, str],
-        findings: dict[str, int],
-        prompt_excerpt: str,
-        inp: Any,
-        out: Any,
-    ) -> Result:
-        fields, result = self.settlement(
-            ctx, output_spec, model, call_id, completion, reasons, placeholders, findings, inp, out
-        )
+    def _settle(self, prep: Prepared, model: str, call_id: str, completion: Completion, reasons: list[str]) -> Result:
+        fields, result = self.settlement(prep, model, call_id, completion, reasons)
+        ctx = prep.ctx
         dept, month = ctx.req.department, ctx.base["budget_month"]
         with self.ledger.transaction() as s:
             self.ledger.upsert_call(s, ctx.key, **fields)
         self.budget.after_settle(dept, ctx.req.user, ctx.base["prompt_name"], month)
         log_call(
-            result, user=ctx.req.user, department=dept, prompt=ctx.base["prompt_name"], prompt_excerpt=prompt_excerpt
+            result,
+            user=ctx.req.user,
+            department=dept,
+            prompt=ctx.base["prompt_name"],
+            prompt_excerpt=prep.prompt_excerpt,
         )
         return result
 
     def settlement(
-        self,
-        ctx: _Ctx,
-        output_spec: Any,
-        model: str,
-        call_id: str,
-        completion: Completion,
-        reasons: list[str],
-        placeholders: dict[str, str],
-        findings: dict[str, int],
-        inp: Any,
-        out: Any,
+        self, prep: Prepared, model: str, call_id: str, completion: Completion, reasons: list[str]
     ) -> tuple[dict[str, Any], Result]:
-        """Checks and the actual cost of a completed call: the ledger fields that settle it, and its result."""
+        """Checks and the actual cost of a completed call of ``model``: the ledger fields that settle it,
+        and its result (placeholders restored where the policy allows)."""
+        ctx, placeholders = prep.ctx, prep.placeholders
+        inp, out = self.policy.models[model].price()
         cost = cost_nano(inp, out, completion.prompt_tokens, completion.completion_tokens)
-        report = check_output(completion.text, output_spec)
+        report = check_output(completion.text, prep.pv.meta.output)
         status = Status.FAILED if report.hard_failure else Status.OK
         # The ledger keeps the output as the provider wrote it (placeholders); the data owner gets it restored.
         text = restore(completion.text, placeholders) if placeholders else completion.text
@@ -475,7 +478,7 @@ class Gateway:
             cost,
             report.score,
             all_reasons,
-            findings,
+            prep.findings,
         )
         return fields, result
 
@@ -488,38 +491,52 @@ class Gateway:
         findings: dict[str, int] | None = None,
         prompt_excerpt: str = "",
     ) -> Result:
-        call_id = call_id_for(ctx.key, "-")
+        return self._final_many([_Final(ctx, status, reasons, findings or {}, prompt_excerpt)])[0]
+
+    def _final_many(self, finals: list[_Final]) -> list[Result]:
+        """Write final rows of requests that made no call (and quarantine the blocked and denied), in one
+        transaction; then log them."""
         with self.ledger.transaction() as s:
-            row = self.ledger.upsert_call(
-                s,
-                ctx.key,
-                **ctx.base,
-                call_id=call_id,
-                model=None,
-                provider=None,
-                status=status,
-                reasons="; ".join(reasons),
-                findings=json.dumps(findings or {}, sort_keys=True),
-                prompt_excerpt=prompt_excerpt,
-                reserved_nanousd=0,
-                cost_nanousd=0,
-                prompt_tokens=0,
-                completion_tokens=0,
-                latency_ms=0,
-                output=None,
-                attempts=0,
-            )
-            if status in (Status.BLOCKED, Status.DENIED):
-                self._quarantine(s, ctx, status, reasons, findings or {})
-        result = _from_row(row, replayed=False)
-        log_call(
-            result,
-            user=ctx.req.user,
-            department=ctx.req.department,
-            prompt=ctx.base["prompt_name"],
-            prompt_excerpt=prompt_excerpt,
+            rows = [self._write_final(s, f) for f in finals]
+        return self._log_finals(finals, rows)
+
+    def _write_final(self, s: Any, f: _Final) -> LlmCall:
+        row = self.ledger.upsert_call(
+            s,
+            f.ctx.key,
+            **f.ctx.base,
+            call_id=call_id_for(f.ctx.key, "-"),
+            model=None,
+            provider=None,
+            status=f.status,
+            reasons="; ".join(f.reasons),
+            findings=json.dumps(f.findings, sort_keys=True),
+            prompt_excerpt=f.prompt_excerpt,
+            reserved_nanousd=0,
+            cost_nanousd=0,
+            prompt_tokens=0,
+            completion_tokens=0,
+            latency_ms=0,
+            output=None,
+            attempts=0,
         )
-        return result
+        if f.status in (Status.BLOCKED, Status.DENIED):
+            self._quarantine(s, f.ctx, f.status, f.reasons, f.findings)
+        return row
+
+    def _log_finals(self, finals: list[_Final], rows: list[LlmCall]) -> list[Result]:
+        results = []
+        for f, row in zip(finals, rows, strict=True):
+            result = _from_row(row, replayed=False)
+            log_call(
+                result,
+                user=f.ctx.req.user,
+                department=f.ctx.req.department,
+                prompt=f.ctx.base["prompt_name"],
+                prompt_excerpt=f.prompt_excerpt,
+            )
+            results.append(result)
+        return results
 
     def _quarantine(self, s: Any, ctx: _Ctx, status: Status, reasons: list[str], findings: dict[str, int]) -> None:
         """Record a blocked/denied request for review: rule, reason, finding types and counts — no text."""

@@ -55,25 +55,12 @@ class QuotaLimiter:
 
     def admit(self, user: str, department: str, tokens: int) -> Admission:
         """Admit one request of ``tokens`` for ``user`` in ``department`` now, or say how long to wait."""
-        scopes = self.scopes(user, department)
-        if not scopes:
-            return Admission(0.0)
-        with self.ledger.transaction() as s:
-            now = self._clock()
-            self._lock(s, [name for name, _ in scopes])
-            for name, limit in scopes:
-                wait = self._wait(s, name, limit, tokens, now)
-                if wait > 0:
-                    kind = "rpm" if wait == self._rpm_wait(s, name, limit, now) else "tpm"
-                    return Admission(wait, name, f"{kind} {getattr(limit, kind)}")
-            for name, _ in scopes:
-                s.execute(delete(RateEvent).where(RateEvent.scope == name, RateEvent.at < now - 2 * WINDOW_S))
-                s.add(RateEvent(scope=name, at=now, tokens=tokens))
-        return Admission(0.0)
+        return self.admit_many(user, department, [tokens])[1]
 
     def admit_many(self, user: str, department: str, tokens: list[int]) -> tuple[int, Admission]:
         """Admit as many of ``tokens`` (in order) as fit now, in one transaction: (admitted, the
-        admission of the first that did not fit — or a plain admission when all did)."""
+        admission of the first that did not fit — or a plain admission when all did). Each scope's
+        window is read once; the admitted requests are added to it as they are admitted."""
         scopes = self.scopes(user, department)
         if not scopes:
             return len(tokens), Admission(0.0)
@@ -81,17 +68,18 @@ class QuotaLimiter:
         with self.ledger.transaction() as s:
             now = self._clock()
             self._lock(s, [name for name, _ in scopes])
+            windows: dict[str, list[tuple[float, int]]] = {}
             for name, _ in scopes:
                 s.execute(delete(RateEvent).where(RateEvent.scope == name, RateEvent.at < now - 2 * WINDOW_S))
+                windows[name] = self._events(s, name, now)
             for t in tokens:
                 for name, limit in scopes:
-                    wait = self._wait(s, name, limit, t, now)
+                    wait, kind = _wait(windows[name], limit, t, now)
                     if wait > 0:
-                        kind = "rpm" if wait == self._rpm_wait(s, name, limit, now) else "tpm"
                         return admitted, Admission(wait, name, f"{kind} {getattr(limit, kind)}")
                 for name, _ in scopes:
                     s.add(RateEvent(scope=name, at=now, tokens=t))
-                s.flush()
+                    windows[name].append((now, t))
                 admitted += 1
         return admitted, Admission(0.0)
 
@@ -121,27 +109,27 @@ class QuotaLimiter:
         ).all()
         return [(float(a), int(t)) for a, t in rows]
 
-    def _rpm_wait(self, s: Session, name: str, limit: RateLimit, now: float) -> float:
-        if limit.rpm is None:
-            return 0.0
-        events = self._events(s, name, now)
-        excess = len(events) + 1 - limit.rpm
-        return 0.0 if excess <= 0 else events[excess - 1][0] + WINDOW_S - now
 
-    def _wait(self, s: Session, name: str, limit: RateLimit, tokens: int, now: float) -> float:
-        wait = self._rpm_wait(s, name, limit, now)
-        if limit.tpm is not None:
-            events = self._events(s, name, now)
-            used = sum(t for _, t in events)
-            if events and used + tokens > limit.tpm:
-                # wait until enough of the oldest events leave the window (all of them if tokens > tpm)
-                need = used + tokens - limit.tpm
-                freed = 0
-                for at, t in events:
-                    freed += t
-                    if freed >= need:
-                        wait = max(wait, at + WINDOW_S - now)
-                        break
-                else:  # larger than a minute's allowance: admitted alone once the window is empty
-                    wait = max(wait, events[-1][0] + WINDOW_S - now)
-        return max(0.0, wait)
+def _wait(events: list[tuple[float, int]], limit: RateLimit, tokens: int, now: float) -> tuple[float, str]:
+    """Seconds until a request of ``tokens`` fits the window ``events`` (oldest first), and which limit
+    holds it ("rpm" or "tpm")."""
+    wait, kind = 0.0, "rpm"
+    if limit.rpm is not None:
+        excess = len(events) + 1 - limit.rpm
+        if excess > 0:
+            wait = events[excess - 1][0] + WINDOW_S - now
+    if limit.tpm is not None:
+        used = sum(t for _, t in events)
+        if events and used + tokens > limit.tpm:
+            # wait until enough of the oldest events leave the window (all of them if tokens > tpm)
+            need = used + tokens - limit.tpm
+            freed = 0
+            tpm_wait = events[-1][0] + WINDOW_S - now  # larger than a minute's allowance: alone, once empty
+            for at, t in events:
+                freed += t
+                if freed >= need:
+                    tpm_wait = at + WINDOW_S - now
+                    break
+            if tpm_wait > wait:
+                wait, kind = tpm_wait, "tpm"
+    return max(0.0, wait), kind

@@ -13,10 +13,11 @@ only when the provider will admit them:
 * a 429 blocks the endpoint until its ``Retry-After`` has passed (never earlier) and empties the
   buckets, so the endpoint restarts at the refill rate instead of in a storm;
 * waiters are served first come, first served (one lock per endpoint), so there is no thundering herd;
-* the first request to an endpoint goes ahead alone (a probe). With unknown limits the others wait for
-  its answer, which brings the headers before the first wave leaves; with known limits they wait until
-  the event loop has run 50 ms past it, so a slow first call (lazy imports, connection set-up blocking
-  the loop) cannot make a burst admitted at once reach the provider as one later.
+* the first request to an endpoint goes ahead alone (a probe) and the others wait for its answer, known
+  limits or not: the answer brings the headers (the provider's real level) before the first wave leaves,
+  and the first call's lazy imports and connection set-up, which can block the event loop for seconds,
+  are over — a burst admitted while they ran reached the provider bunched up with the next one and drew
+  429s (waiting only 50 ms of loop time past the probe did not prevent it).
 
 Requests reach the provider with network and scheduling jitter, so two that left 1/rate apart may arrive
 together. The client therefore keeps ``jitter_s`` (default 0.25 s) of the provider's bucket unused: its
@@ -160,9 +161,7 @@ class EndpointLimiter:
                 if self._probe_sent:
                     await self._probe_done.wait()
                 else:
-                    self._probe_sent = True  # this request is the probe
-                    if self.source == "catalog":
-                        asyncio.get_running_loop().call_later(0.05, self._probe_done.set)
+                    self._probe_sent = True  # this request is the probe; the others wait for its answer
             while True:
                 wait = self.wait_time(tokens)
                 if wait <= 0:

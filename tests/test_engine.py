@@ -34,8 +34,13 @@ def _records(path: Path, n: int, seed: int = 3) -> Path:
     return path
 
 
-def _gateway(tmp_path: Path, srv, *, rpm: int | None = None, tpm: int | None = None, **kw) -> Gateway:
+def _gateway(
+    tmp_path: Path, srv, *, rpm: int | None = None, tpm: int | None = None, quota: dict | None = None, **kw
+) -> Gateway:
     policy = yaml.safe_load((ROOT / "llmops.yaml").read_text())
+    if quota:
+        policy["people"]["hana.sato@example.com"]["rate_limit"] = quota
+        policy["departments"]["support"]["rate_limit"] = quota
     entry = policy["models"]["sim-small"]
     if rpm:
         entry["rpm"] = rpm
@@ -139,6 +144,29 @@ def test_faults_lose_nothing_and_bill_once(tmp_path: Path):
         assert eng.stats.retries > 0
         _assert_exactly_once(gw, "faults", 40, srv)
         gw.close()
+    finally:
+        srv.stop()
+
+
+def test_person_and_department_quotas_admit_each_group_together(tmp_path: Path):
+    """Records under a person/department rate limit are admitted a group at a time (one transaction per
+    group, not per record); every record is admitted once per scope and settled once."""
+    from llmops.ledger import RateEvent
+
+    srv = run_in_thread(SimConfig(port=0, api_key=SIM_KEY))
+    try:
+        gw = _gateway(tmp_path, srv, quota={"rpm": 5000, "tpm": 10_000_000})
+        path = _records(tmp_path / "in.jsonl", 40)
+        calls = []
+        admit_many = gw.rates.admit_many
+        gw.rates.admit_many = lambda *a: calls.append(len(a[2])) or admit_many(*a)  # type: ignore[method-assign]
+        summary, _ = _run(gw, path, "quota-run")
+        assert summary["counts"]["ok"] == 40
+        _assert_exactly_once(gw, "quota-run", 40, srv)
+        assert sum(calls) == 40 and len(calls) < 40 and max(calls) > 1
+        with gw.ledger.transaction() as s:
+            for scope in ("person:hana.sato@example.com", "department:support"):
+                assert s.query(RateEvent).filter(RateEvent.scope == scope).count() == 40
     finally:
         srv.stop()
 

@@ -262,3 +262,24 @@ def test_a_release_exempts_only_its_rule_and_a_new_block_awaits_review(recording
     assert second.status == Status.BLOCKED and second.reasons[0].startswith("injection.extraction_ja")
     q = release(gw.ledger, gw.policy, first.request_key, by="support-head@example.com", note="reviewed again")
     assert q.rule.startswith("injection.extraction_ja") and q.release_note == "reviewed again"
+
+
+def test_rate_limit_admits_a_run_of_requests_in_one_transaction(tmp_path: Path):
+    """The engine admits a group's records together: as many as the minute has room for, in order, and
+    says how long the first one that did not fit must wait; the rest are admitted after that wait."""
+    policy_path = write_policy(
+        tmp_path / "p.yaml",
+        **{"people/hana.sato@example.com/rate_limit": {"rpm": 4}, "departments/support/rate_limit": {"tpm": 1000}},
+    )
+    led = Ledger(f"sqlite:///{tmp_path / 'l.db'}")
+    clock = _Clock()
+    rl = QuotaLimiter(led, load_policy(policy_path), clock=clock)
+    n, adm = rl.admit_many("hana.sato@example.com", "support", [100] * 6)
+    assert n == 4 and adm.scope == "person:hana.sato@example.com" and adm.wait_s == pytest.approx(60.0)
+    clock.now += 61
+    n, adm = rl.admit_many("hana.sato@example.com", "support", [300, 300, 300, 300])
+    assert n == 3 and adm.scope == "department:support" and adm.limit == "tpm 1000"  # 900 of 1000 used
+    assert rl.admit_many("ken.tanaka@example.com", "legal", [5000] * 3)[0] == 3  # no limits in legal
+    with led.transaction() as s:  # one event per admitted request and scope, none for the refused
+        assert s.query(RateEvent).filter(RateEvent.scope == "person:hana.sato@example.com").count() == 7
+        assert s.query(RateEvent).filter(RateEvent.scope == "department:support").count() == 7
