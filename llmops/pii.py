@@ -23,7 +23,7 @@ import ipaddress
 import logging
 import threading
 import unicodedata
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -251,6 +251,10 @@ class RecognizerSpec:
     name: str = ""
     ascii: bool = True  # False for patterns that use Unicode classes such as \p{Han}
     prefilter: str | None = None  # a cheap regex that must match somewhere before the patterns run
+    # where a match of the patterns can start: they are tried there alone (``match``) instead of searched
+    # for through the whole text (look-behinds still see the text before). It must find every possible
+    # start: a look-behind that no position inside a match passes keeps candidates from hiding in others
+    starts: str | None = None
 
 
 _SPECS: list[RecognizerSpec] = []
@@ -344,7 +348,12 @@ for _spec in (
         validate=lambda m, _t, _s, _e: iban_ok(m),
         prefilter=r"[A-Z]{2}\d\d",
     ),
-    RecognizerSpec("CREDIT_CARD", (r"(?<![\d\-])\d(?:[ \-]?\d){11,18}(?![\d\-])",), 0.95, validate=_card),
+    RecognizerSpec(
+        "CREDIT_CARD",
+        (r"(?<![\d\-])\d(?:[ \-]?\d){11,18}(?![\d\-])",),
+        0.95,
+        validate=_card,
+    ),
     RecognizerSpec(
         "MY_NUMBER",
         (r"(?<![\d\-])\d{4}[ \-]?\d{4}[ \-]?\d{4}(?![\d\-])",),
@@ -383,20 +392,29 @@ for _spec in (
         validate=_all(_phone("US"), _context(_PHONE_CONTEXT, before=30, after=5)),
         name="PHONE_EN_DIGITS",
         prefilter=r"\d{10}",
+        starts=r"(?<![\w\-])[1-9]\d{9}",  # its look-behind tried at every character cost 0.13 ms per 2 KB
     ),
     RecognizerSpec(
         "US_SSN", (r"(?<![\d\-])\d{3}-\d{2}-\d{4}(?![\d\-])",), 0.85, ("en",), lambda m, _t, _s, _e: ssn_ok(m)
     ),
     RecognizerSpec(
         "IP_ADDRESS",
+        (r"(?<![\d.])(?:\d{1,3}\.){3}\d{1,3}(?![\d.])",),
+        0.9,
+        validate=lambda m, _t, _s, _e: ip_ok(m),
+        prefilter=r"\d\.\d",
+    ),
+    RecognizerSpec(  # its own prefilter: hex words are everywhere in prose, hex digits around a colon are not
+        "IP_ADDRESS",
         (
-            r"(?<![\d.])(?:\d{1,3}\.){3}\d{1,3}(?![\d.])",
             r"(?<![:\w])(?:[0-9a-fA-F]{1,4}:){7}[0-9a-fA-F]{1,4}(?![:\w])"
             r"|(?<![:\w])(?:[0-9a-fA-F]{1,4}:){1,6}:(?:[0-9a-fA-F]{1,4}:){0,5}[0-9a-fA-F]{1,4}(?![:\w])",
         ),
         0.9,
         validate=lambda m, _t, _s, _e: ip_ok(m),
-        prefilter=r"\d\.\d|[0-9a-fA-F]:[0-9a-fA-F:]",
+        name="IP_ADDRESS_V6",
+        prefilter=r"[0-9a-fA-F]:[0-9a-fA-F:]",
+        starts=r"(?<![:\w])[0-9a-fA-F]{1,4}:[0-9a-fA-F:]",  # clock times pass the prefilter, few pass this
     ),
     RecognizerSpec(
         "JP_POSTAL_CODE", (r"〒\s?(?P<v>\d{3}-?\d{4})(?![\d\-])",), 0.9, name="JP_POSTAL_CODE_MARK", prefilter="〒"
@@ -426,6 +444,18 @@ for _spec in (
     _SPECS.append(_spec)
 
 
+def _anchored(pattern: Any, starts: Any, text: str) -> Iterator[Any]:
+    """The matches of ``pattern`` that begin where ``starts`` matches, without overlaps (as finditer)."""
+    end = 0
+    for a in starts.finditer(text):
+        if a.start() < end:
+            continue
+        m = pattern.match(text, a.start())
+        if m is not None:
+            end = max(m.end(), a.start() + 1)
+            yield m
+
+
 # -- Presidio -------------------------------------------------------------------------------------
 _FLAGS = regex.ASCII | regex.MULTILINE | regex.VERSION0
 
@@ -439,6 +469,7 @@ def _presidio_recognizer(spec: RecognizerSpec, language: str) -> Any:
     flags = _FLAGS if spec.ascii else _FLAGS & ~regex.ASCII
     compiled = [regex.compile(p, flags) for p in spec.patterns]
     prefilter = regex.compile(spec.prefilter, flags) if spec.prefilter else None
+    starts = regex.compile(spec.starts, flags) if spec.starts else None
     name = spec.name or spec.entity
 
     class _Recognizer(PatternRecognizer):
@@ -448,7 +479,8 @@ def _presidio_recognizer(spec: RecognizerSpec, language: str) -> Any:
             found = []
             for pattern in compiled:
                 group = "v" if "v" in pattern.groupindex else 0
-                for m in pattern.finditer(text):
+                matches = pattern.finditer(text) if starts is None else _anchored(pattern, starts, text)
+                for m in matches:
                     start, end = m.span(group)
                     if start == end:
                         continue

@@ -266,3 +266,29 @@ def test_log_excerpt_never_cuts_a_secret_in_half():
     key = "-----BEGIN RSA PRIVATE KEY-----\n" + "MIIEowIBAAKCAQEA" * 40 + "\n-----END RSA PRIVATE KEY-----"
     out = excerpt("note: " + key + " trailing text " * 40)
     assert "MIIEow" not in out and "<PRIVATE_KEY>" in out and len(out) <= 100
+
+
+def test_anchored_recognizers_find_what_a_full_search_finds():
+    """Recognizers with ``starts`` try their patterns only where a match can begin; over the labelled
+    corpus and crafted edge cases they find exactly the matches a search through the whole text finds."""
+    import json
+
+    import regex
+
+    corpus = [json.loads(line)["text"] for line in (ROOT / "benchmarks/data/pii_corpus.jsonl").open(encoding="utf-8")]
+    crafted = [
+        "call 4155550132, x4155550132, 14155550132, 4155550132-1, 41555501321 or 2125550199 at 10:30",
+        "v6 2001:db8::1, fe80::1ff:fe23:4567:890a, 2001:0db8:85a3:0000:0000:8a2e:0370:7334; ab:cd at 12:00:01",
+        "ids 99999999999 and 1234567890123 and face:beef::1 and ::1",
+    ]
+    anchored = [spec for spec in pii._SPECS if spec.starts]
+    assert {s.name for s in anchored} >= {"PHONE_EN_DIGITS", "IP_ADDRESS_V6"}
+    for spec in anchored:
+        flags = pii._FLAGS if spec.ascii else pii._FLAGS & ~regex.ASCII
+        starts = regex.compile(spec.starts, flags)
+        for p in spec.patterns:
+            pattern = regex.compile(p, flags)
+            for text in corpus + crafted:
+                folded = fold(text)[0]
+                full = [m.span() for m in pattern.finditer(folded)]
+                assert [m.span() for m in pii._anchored(pattern, starts, folded)] == full, (spec.name, text)
