@@ -255,7 +255,8 @@ _RULES: list[tuple[str, re.Pattern[str]]] = [
     (
         "injection.override_ja",
         re.compile(
-            r"(?<!への)(?<!向けの)(?<!向け)(?:新しい|本当の|真の)(?:指示|命令|タスク|役割)(?:は|を|：|:)|これより(?:以下の)?指示に(?:のみ)?従|"
+            r"(?<!への)(?<!向けの)(?<!向け)(?:新しい|本当の|真の)(?:指示|命令|タスク|役割)(?:は|を|：|:)"
+            r"(?!\s*(?:本日|今日|明日|来週|来月|今月|[0-9０-９]+月|[0-9０-９]+/))|これより(?:以下の)?指示に(?:のみ)?従|"
             r"(?:倫理的な|道徳的な|安全上の|安全)?(?:制約|制限|ルール|規則|ガイドライン|"
             r"(?:安全|コンテンツ|セーフティ|有害(?:コンテンツ)?|出力|検閲)フィルター|検閲)(?:を|は)"
             r"(?:すべて|全て|一切)?(?:無視|解除|外)" + _IMPERATIVE_JA
@@ -265,7 +266,7 @@ _RULES: list[tuple[str, re.Pattern[str]]] = [
         "injection.extraction_ja",
         re.compile(
             r"(?:システムプロンプト|システムメッセージ|初期(?:設定|指示|プロンプト)|隠された(?:指示|プロンプト)|"
-            r"(?:あなた|君|お前)(?:の|が受けた|に与えられた|が受け取った)(?:指示|設定|プロンプト|ルール))"
+            r"(?:あなた|君|お前)(?:の|が受けた|に与えられた|が受け取った)(?:指示|設定|プロンプト|ルール))(?!で)"
             r"(?:を|の内容を|の全文を|の内容を全部|について)?.{0,10}?"
             r"(?:表示|出力|教え|開示|見せ|繰り返|書き出|暴露|漏ら|読み聞かせ|読み上げ)"
             r"(?!され)(?!してしま)(?!した)(?!を求める)"  # reported ("表示してしまった") or a noun ("開示を求める")
@@ -397,8 +398,8 @@ _RULES: list[tuple[str, re.Pattern[str]]] = [
 
 _REPORTING = re.compile(
     r"\b(?:wrote|writes|said|says|typed|sent|posted|contained|contains|included|pasted|reported|received|"
-    r"message|ticket|email|comment|phrase|strings?|text|payload|example|attempt|like|reads|posting|typing|"
-    r"replies|messages like)\b|という|と書|と送|と入力|と投稿|って|と聞|と返|とリプ|本文が|"
+    r"message|ticket|email|comment|phrase|strings?|text|payload|examples?|attempt|like|reads|posting|typing|"
+    r"replies|messages like|words|say|asks?|asked|demands?|demanded|requested|feedback)\b|という|と書|と送|と入力|と投稿|って|と聞|と返|とリプ|本文が|"
     r"と言|のような|などの|といった|などと|のように|と書かれた|等の|例えば|文言|メッセージ|と隠され|と記載|と明記|"
     r"から始まる|で始まる|との記載|と埋め込",
     re.I,
@@ -654,7 +655,7 @@ _TARGET_STEMS = (
 
 
 # instructions a person gave people (an e-mail, a manual, a boss, an exam question), not the model's
-_WRITER_OWNED_JA = re.compile(r"メール|お伝えした|説明書|設問|上司|上長|部長|課長|マニュアル|手順書|先生|講師")
+_WRITER_OWNED_JA = re.compile(r"メール|お伝えした|説明書|設問|上司|上長|部長|課長|マニュアル|手順書|先生|講師|人間の")
 
 
 def _intent_text(text: str) -> str | None:
@@ -781,10 +782,11 @@ def family(rule: str) -> str:
 # words that mark chat-template markup as documented or reported, not used
 _DOCUMENTED = re.compile(
     r"chatml|tokeni[sz]er|special tokens?|\bregex|saniti[sz]|fine-?tun|training data|llama ?2|red[- ]team|"
-    r"chat_template|moderation|parser|unit test|\bassert\b|blocklist|"
+    r"chat_template|moderation|parser|unit test|\bassert\b|blocklist|文字列|"
     r"学習データ|トークナイザ|正規表現|レッドチーム|演習|ファインチューニング|形式では",
     re.I,
 )
+_DOCUMENT_VERSION = re.compile(r"\b(?:previous|earlier|old|prior) (?:version|draft|edition|revision)s?\b", re.I)
 _YOUR = re.compile(r"\byour\b|あなた|君の|お前", re.I)
 _THIRD_PERSON = re.compile(
     r"\b(?:its|their|a)\s+(?:own\s+)?(?:system|hidden|initial|original|instructions|prompt)", re.I
@@ -803,6 +805,8 @@ def _match(text: str, released: str = "") -> str | None:
                 continue
             if rule == "injection.markup" and _DOCUMENTED.search(text, max(0, m.start() - 100), m.end() + 100):
                 continue  # chat-template tokens explained in documentation or a security report
+            if rule == "injection.override" and _DOCUMENT_VERSION.search(m.group(0)):
+                continue  # "ignore the previous version of this policy": a document, not the model's rules
             if rule == "injection.extraction" and _THIRD_PERSON.search(m.group(0)):
                 continue  # "asking the model to reveal its system prompt": about a model, not to it
             return rule
