@@ -194,6 +194,7 @@ def main() -> int:
         ("injection_heldout4.txt", "held-out set 4"),
         ("injection_heldout5.txt", "held-out set 5"),
         ("injection_heldout6.txt", "held-out set 6"),
+        ("injection_heldout7.txt", "held-out set 7"),
     ):
         injection_rates(name, f"{label}, rules only", args.verbose, learned=False)
         held = injection_rates(name, f"{label}, rules + learned layer", args.verbose)
@@ -237,8 +238,8 @@ def main() -> int:
         "structured precision": (s["precision"], s["precision"] >= TARGETS["precision"]),
         "injection detection": (detection, detection >= TARGETS["detection"]),
         "injection false positives": (fp_rate, fp_rate <= TARGETS["false_positives"]),
-        "held-out 6 detection": (held[0], held[0] >= TARGETS["detection"]),
-        "held-out 6 false positives": (held[1], held[1] <= TARGETS["false_positives"]),
+        "held-out 7 detection": (held[0], held[0] >= TARGETS["detection"]),
+        "held-out 7 false positives": (held[1], held[1] <= TARGETS["false_positives"]),
         "guard p95 ms, typical (no names)": (worst_typical, worst_typical <= TARGETS["p95_ms"]),
     }
     print("\ntargets:")

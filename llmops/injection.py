@@ -131,7 +131,7 @@ _RULES: list[tuple[str, re.Pattern[str]]] = [
         "injection.override",
         re.compile(
             r"\b(?:ignore|disregard|forget|override|bypass|skip|drop|abandon|neglect|set aside|never ?mind|cancel|"
-            r"discard|void|throw away|stop following)\b(?:(?!\b(?:my|our|his|her|their)\b)[^.\n]){0,40}?"
+            r"discard|void|throw away|stop following)\b(?:(?!\b(?:my|our|his|her|their|(?:manager|supervisor|boss|client|customer|teacher|team|company|vendor)'s)\b)[^.\n]){0,40}?"
             r"\b(?:previous|prior|preceding|above|earlier|all|any|your|its|system|original|initial)\b"
             r"(?:(?!\b(?:my|our|his|her|their)\b)[^.\n]){0,25}?\b(?:instructions?|" + _PROMPT_NOUN + r"|rules|"
             r"directions|directives|guidelines|guardrails|constraints|restrictions|polic(?:y|ies)|context|commands?)\b"
@@ -399,7 +399,9 @@ _RULES: list[tuple[str, re.Pattern[str]]] = [
 _REPORTING = re.compile(
     r"\b(?:wrote|writes|said|says|typed|sent|posted|contained|contains|included|pasted|reported|received|"
     r"message|ticket|email|comment|phrase|strings?|text|payload|examples?|attempt|like|reads|posting|typing|"
-    r"replies|messages like|words|say|asks?|asked|demands?|demanded|requested|feedback)\b|という|と書|と送|と入力|と投稿|って|と聞|と返|とリプ|本文が|"
+    r"replies|messages like|words|say|asks?|asked|demands?|demanded|requests?|requested|feedback|forwarded|"
+    r"such as|input|line|containing|embedded|planted|quiz|question)\b|e\.g\.|という|と書|と送|と入力|と投稿|って|"
+    r"と聞|と返|とリプ|本文が|例[:：]|原文|叫|攻撃文|"
     r"と言|のような|などの|といった|などと|のように|と書かれた|等の|例えば|文言|メッセージ|と隠され|と記載|と明記|"
     r"から始まる|で始まる|との記載|と埋め込",
     re.I,
@@ -782,7 +784,7 @@ def family(rule: str) -> str:
 # words that mark chat-template markup as documented or reported, not used
 _DOCUMENTED = re.compile(
     r"chatml|tokeni[sz]er|special tokens?|\bregex|saniti[sz]|fine-?tun|training data|llama ?2|red[- ]team|"
-    r"chat_template|moderation|parser|unit test|\bassert\b|blocklist|文字列|"
+    r"chat_template|moderation|parser|unit test|\bassert\b|blocklist|文字列|\bprompt=|特殊トークン|"
     r"学習データ|トークナイザ|正規表現|レッドチーム|演習|ファインチューニング|形式では",
     re.I,
 )
