@@ -39,6 +39,13 @@ _TOKEN = re.compile(
     r"</?\|?[a-z_]{1,24}\|?>|\[/?[a-z_]{1,12}\]|[a-z0-9_]+|[\u3040-\u30ff\u3400-\u9fff\uff66-\uff9f]+|[<>\[\]{}|#`*=/]{2,}|[.!?](?=\s|\Z)|[。\n]"
 )
 _ENDS = frozenset({".", "!", "?", "。", "\n"})
+# addresses are dropped: which mailbox or site a record names says nothing about its intent, and their
+# parts ("org", "com", a user name) — or one token per address — made records that merely list contact
+# details read as exfiltration (attacks name addresses far more often than the training negatives do;
+# exfiltration itself is the rules' to catch: markdown images, links with placeholders, "send … to")
+_ADDRESS = re.compile(
+    r"(?:https?://|www\.)[^\s<>\"')\]]*[^\s<>\"')\].,;:!?]|[\w.+\-]+@[\w\-]+(?:\.[\w\-]+)+"
+)
 _WINDOW_SENTENCES = 3
 # a window needs this many features to be scored: one or two words say nothing ("AI" alone would score as
 # an attack, "support" as legitimate); short payloads are the rules' to catch
@@ -55,7 +62,10 @@ def features(text: str) -> tuple[list[str], list[int]]:
     feats: list[str] = []
     ends: list[int] = []
     prev = ""
-    for tok in _TOKEN.findall(text.lower()):
+    lowered = text.lower()
+    if "@" in lowered or "http" in lowered or "www." in lowered:
+        lowered = _ADDRESS.sub(" ", lowered)
+    for tok in _TOKEN.findall(lowered):
         if tok in _ENDS:
             if feats and (not ends or ends[-1] != len(feats)):
                 ends.append(len(feats))
