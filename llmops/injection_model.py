@@ -43,9 +43,7 @@ _ENDS = frozenset({".", "!", "?", "。", "\n"})
 # parts ("org", "com", a user name) — or one token per address — made records that merely list contact
 # details read as exfiltration (attacks name addresses far more often than the training negatives do;
 # exfiltration itself is the rules' to catch: markdown images, links with placeholders, "send … to")
-_ADDRESS = re.compile(
-    r"(?:https?://|www\.)[^\s<>\"')\]]*[^\s<>\"')\].,;:!?]|[\w.+\-]+@[\w\-]+(?:\.[\w\-]+)+"
-)
+_ADDRESS = re.compile(r"(?:https?://|www\.)[^\s<>\"')\]]*[^\s<>\"')\].,;:!?]|[\w.+\-]+@[\w\-]+(?:\.[\w\-]+)+")
 _WINDOW_SENTENCES = 3
 # a window needs this many features to be scored: one or two words say nothing ("AI" alone would score as
 # an attack, "support" as legitimate); short payloads are the rules' to catch
