@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import random
 import re
 import statistics
 import sys
@@ -108,16 +109,18 @@ def two_kb_records(records: list[dict[str, Any]], lang: str, n: int, pii_per_rec
     with_pii = [r["text"] for r in records if r["lang"] == lang and r["spans"]]
     plain = [r["text"] for r in records if r["lang"] == lang and not r["spans"]]
     sep = " " if lang == "en" else ""
-    out, i = [], 0
-    for k in range(n):
+    rng = random.Random(f"{lang}-{pii_per_record}")  # seeded: the same records every run, all distinct
+    out: list[str] = []
+    while len(out) < n:
         parts: list[str] = []
         if pii_per_record is not None:
-            parts = [with_pii[(k * 7 + j * 13) % len(with_pii)] for j in range(pii_per_record)]
+            parts = rng.sample(with_pii, pii_per_record)
         while len(sep.join(parts).encode()) < 2048:
             pool = with_pii if pii_per_record is None else plain
-            parts.insert(len(parts) // 2, pool[i % len(pool)])
-            i += 7
-        out.append(sep.join(parts).encode()[:2048].decode("utf-8", "ignore"))
+            parts.insert(len(parts) // 2, rng.choice(pool))
+        record = sep.join(parts).encode()[:2048].decode("utf-8", "ignore")
+        if record not in out:  # a repeated record would be timed from the screening cache
+            out.append(record)
     return out
 
 

@@ -198,8 +198,9 @@ _RULES: list[tuple[str, re.Pattern[str]]] = [
     (
         "injection.extraction",
         re.compile(
-            r"(?<!requests to )(?<!attempts to )(?<!asking to )(?<!asks to )(?<!trying to )"
-            r"\b(?:reveal|print|show|display|repeat|output|leak|dump|tell me|give me|what (?:is|are|was|were)|"
+            # the word boundary first: the look-behinds are then tried at word starts only, not at every character
+            r"\b(?<!requests to )(?<!attempts to )(?<!asking to )(?<!asks to )(?<!trying to )"
+            r"(?:reveal|print|show|display|repeat|output|leak|dump|tell me|give me|what (?:is|are|was|were)|"
             r"copy|recite|spell out|translate|quote|summari[sz]e|list|write out|return|respond (?:only )?with|"
             r"paste)\b[^.\n]{0,40}?(?:\b(?:your|the)\s+)?(?:system prompt|system message|"
             r"hidden (?:instructions|prompt|rules)|initial (?:instructions|prompt)|original (?:instructions|prompt)|"

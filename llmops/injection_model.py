@@ -113,12 +113,12 @@ class InjectionModel:
         norms = [0.0, *accumulate(map(self.idf2.get, feats, repeat(0.0)))]
         starts = [0, *ends[:-1]]
         k = min(len(ends), _WINDOW_SENTENCES)
-        best = -math.inf
-        for first, last in zip(starts, ends[k - 1 :], strict=False):
-            norm2 = norms[last] - norms[first]
-            if last - first >= MIN_FEATURES and norm2 > 1e-12:
-                best = max(best, (dots[last] - dots[first]) / math.sqrt(norm2))
-        return best + self.intercept  # -inf: no window long enough to judge
+        windows = [
+            (dots[last] - dots[first]) / math.sqrt(norms[last] - norms[first])
+            for first, last in zip(starts, ends[k - 1 :], strict=False)
+            if last - first >= MIN_FEATURES and norms[last] - norms[first] > 1e-12
+        ]
+        return max(windows, default=-math.inf) + self.intercept  # -inf: no window long enough to judge
 
     def to_json(self) -> dict[str, Any]:
         idf = {f: math.sqrt(v) for f, v in self.idf2.items()}

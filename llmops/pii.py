@@ -18,6 +18,7 @@
 
 from __future__ import annotations
 
+import bisect
 import functools
 import ipaddress
 import logging
@@ -612,15 +613,16 @@ def detect(text: str, *, ja_names: bool = False) -> list[Finding]:
         return []
     language = language_of(folded)
     results = _engine(ja_names and language == "ja").analyze(text=folded, language=language, score_threshold=_THRESHOLD)
-    # Non-overlapping: highest score first, then the longer span.
+    # Non-overlapping: highest score first, then the longer span. The chosen spans are kept sorted (being
+    # disjoint, by start and end alike), so a candidate is checked against its two neighbours only.
     chosen: list[Any] = []
+    starts: list[int] = []
     for r in sorted(results, key=lambda r: (-r.score, -(r.end - r.start), r.start)):
-        if all(r.end <= c.start or c.end <= r.start for c in chosen):
-            chosen.append(r)
-    return [
-        Finding(r.entity_type, index[r.start], index[r.end - 1] + 1, round(float(r.score), 3))
-        for r in sorted(chosen, key=lambda r: r.start)
-    ]
+        i = bisect.bisect_left(starts, r.start)
+        if (i == 0 or chosen[i - 1].end <= r.start) and (i == len(chosen) or r.end <= chosen[i].start):
+            chosen.insert(i, r)
+            starts.insert(i, r.start)
+    return [Finding(r.entity_type, index[r.start], index[r.end - 1] + 1, round(float(r.score), 3)) for r in chosen]
 
 
 def warm_up(*, ja_names: bool = False) -> None:
