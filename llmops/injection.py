@@ -25,6 +25,7 @@ import bisect
 import codecs
 import functools
 import html
+import json
 import re
 import unicodedata
 import urllib.parse
@@ -884,6 +885,33 @@ def screen(text: str, released: str = "", *, learned: bool = True, threshold: fl
             return Hit(rule, "decoded")
     if learned and not released:  # a reviewer's release of an injection verdict covers this layer's too
         model = injection_model.load()
-        if model.score(norm) >= (model.threshold if threshold is None else threshold):
+        if model.score(prose(norm)) >= (model.threshold if threshold is None else threshold):
             return Hit(LEARNED, "text")
     return None
+
+
+def prose(text: str) -> str:
+    """What the learned layer reads: the text, or — when it is a JSON document — its keys and string
+    values, one per line. Numbers and nesting are structure: ``{"category": "billing", "confidence":
+    1.0}`` is a model's answer with too few words to judge, not an order (read as text, its words looked
+    like the output-manipulation attacks the layer learnt from); a key such as ``note_to_llm`` and an
+    instruction in a value are still read."""
+    head = text.lstrip()[:1]
+    if head not in ("{", "["):
+        return text
+    try:
+        doc = json.loads(text)
+    except ValueError:
+        return text
+    parts: list[str] = []
+    stack = [doc]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, str):
+            parts.append(node)
+        elif isinstance(node, dict):
+            for key, value in reversed(list(node.items())):
+                stack.extend([value, key])
+        elif isinstance(node, list):
+            stack.extend(reversed(node))
+    return "\n".join(parts)

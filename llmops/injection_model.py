@@ -211,7 +211,7 @@ def train(
     raw, labels = read_labelled(paths)
     if len(set(labels)) < 2 or min(labels.count(0), labels.count(1)) < folds:
         raise ValueError(f"need at least {folds} attack and {folds} legitimate lines to train; got {len(labels)} lines")
-    texts = [injection.normalise(t) for t in raw]
+    texts = [injection.prose(injection.normalise(t)) for t in raw]  # what screen() scores
     y = np.array(labels)
     scores = np.zeros(len(y))
     for tr, te in StratifiedKFold(folds, shuffle=True, random_state=seed).split(texts, y):
