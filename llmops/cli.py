@@ -454,15 +454,20 @@ def guard_train_injection(
         "llmops/injection_model.json"
     ),
     false_alarms: Annotated[float, typer.Option(help="cross-validated false-alarm rate the threshold allows")] = 0.02,
+    background: Annotated[
+        list[Path] | None,
+        typer.Option(help="ordinary legitimate text ('- ' lines): trains the weights, not the false-alarm budget"),
+    ] = None,
 ) -> None:
     """Train the learned injection layer (needs scikit-learn); the threshold is set by cross-validation."""
     from llmops.injection_model import train
 
-    missing = [str(f) for f in files if not f.is_file()]
+    background = background or []
+    missing = [str(f) for f in [*files, *background] if not f.is_file()]
     if missing:
         raise LlmopsError(f"not a file: {', '.join(missing)}", "pass labelled .txt files ('+ ' / '- ' lines)")
     try:
-        model = train(files, false_alarms=false_alarms)
+        model = train(files, background=background, false_alarms=false_alarms)
     except ValueError as exc:
         raise LlmopsError(str(exc), "add labelled lines of both kinds") from exc
     output.write_text(json.dumps(model.to_json(), ensure_ascii=False, separators=(",", ":")) + "\n", encoding="utf-8")

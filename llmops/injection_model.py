@@ -195,14 +195,24 @@ def fit(texts: Sequence[str], labels: Sequence[int] | Any, *, c: float = C, min_
 
 
 def train(
-    paths: Sequence[Path], *, folds: int = 5, false_alarms: float = TARGET_FALSE_ALARMS, seed: int = 0
+    paths: Sequence[Path],
+    *,
+    background: Sequence[Path] = (),
+    folds: int = 5,
+    false_alarms: float = TARGET_FALSE_ALARMS,
+    seed: int = 0,
 ) -> InjectionModel:
     """Train on labelled files and set the threshold from ``folds``-fold cross-validated scores.
 
     The rules always block what they hit (a learned score never overrules them); the learned layer adds
     what they miss. Its threshold is the lowest at which the rules and the layer together flag at most
     ``false_alarms`` of the legitimate lines, cross-validated; where the rules alone flag more, the layer
-    may add at most a quarter of the budget. The rates at that threshold are kept in ``meta``."""
+    may add at most a quarter of the budget. The rates at that threshold are kept in ``meta``.
+
+    ``background`` files hold ordinary legitimate text (``- `` lines): it trains the weights — without it
+    the layer only ever saw legitimate text that reads like an attack, and words such as "this" and "all"
+    counted as attack words, flagging plain contract clauses — but it is left out of the false-alarm
+    budget, which easy text would otherwise loosen."""
     import numpy as np
     from sklearn.model_selection import StratifiedKFold
 
@@ -211,21 +221,27 @@ def train(
     raw, labels = read_labelled(paths)
     if len(set(labels)) < 2 or min(labels.count(0), labels.count(1)) < folds:
         raise ValueError(f"need at least {folds} attack and {folds} legitimate lines to train; got {len(labels)} lines")
-    texts = [injection.prose(injection.normalise(t)) for t in raw]  # what screen() scores
-    y = np.array(labels)
+    extra, extra_labels = read_labelled(background)
+    if any(extra_labels):
+        raise ValueError("background files hold legitimate text only ('- ' lines)")
+    texts = [injection.prose(injection.normalise(t)) for t in [*raw, *extra]]  # what screen() scores
+    y = np.array([*labels, *extra_labels])
+    labelled = np.arange(len(y)) < len(raw)
     scores = np.zeros(len(y))
     for tr, te in StratifiedKFold(folds, shuffle=True, random_state=seed).split(texts, y):
         fold_model = fit([texts[i] for i in tr], y[tr])
         for i in te:
             scores[i] = fold_model.score(texts[i])
-    rules = np.array([injection.screen(t, learned=False) is not None for t in raw])
-    legit = y == 0
+    rules = np.array([injection.screen(t, learned=False) is not None for t in [*raw, *extra]])
+    legit = (y == 0) & labelled
     budget = max(false_alarms * legit.sum() - rules[legit].sum(), false_alarms / 4 * legit.sum())
     # the layer's own false alarms among legitimate lines the rules pass, highest score first
-    extra = np.sort(scores[legit & ~rules])[::-1]
+    layer_only = np.sort(scores[legit & ~rules])[::-1]
     k = int(budget)
-    threshold = float(np.nextafter(extra[k], np.inf)) if k < len(extra) else float(extra[-1])
+    threshold = float(np.nextafter(layer_only[k], np.inf)) if k < len(layer_only) else float(layer_only[-1])
     flagged = rules | (scores >= threshold)
+    background_flagged = float(flagged[~labelled].mean()) if len(extra) else 0.0
+    flagged, y_labelled = flagged[labelled], y[labelled]
     model = fit(texts, y)
     return InjectionModel(
         weight=model.weight,
@@ -234,12 +250,15 @@ def train(
         threshold=threshold,
         meta={
             "files": [p.name for p in paths],
-            "lines": len(y),
+            "background": [p.name for p in background],
+            "lines": int(labelled.sum()),
+            "background_lines": len(extra),
             "attacks": int(y.sum()),
             "c": C,
             "folds": folds,
-            "cv_detection": round(float(flagged[y == 1].mean()), 4),
-            "cv_false_alarms": round(float(flagged[legit].mean()), 4),
+            "cv_detection": round(float(flagged[y_labelled == 1].mean()), 4),
+            "cv_false_alarms": round(float(flagged[y_labelled == 0].mean()), 4),
+            "cv_background_false_alarms": round(background_flagged, 4),
             "cv_rules_detection": round(float(rules[y == 1].mean()), 4),
             "cv_rules_false_alarms": round(float(rules[legit].mean()), 4),
         },

@@ -25,6 +25,11 @@ def training_files() -> list[Path]:
     return sorted(p for p in DATA.glob("injection*.txt") if "heldout" not in p.name)
 
 
+def background_files() -> list[Path]:
+    """Ordinary legitimate text the shipped model's weights are trained on (not its false-alarm budget)."""
+    return sorted(DATA.glob("ordinary*.txt"))
+
+
 @pytest.fixture(scope="module")
 def model() -> injection_model.InjectionModel:
     return injection_model.load()
@@ -45,8 +50,9 @@ def learned_only(model: injection_model.InjectionModel) -> tuple[list[str], list
 
 
 def test_shipped_model_is_reproducible_from_the_committed_data(model):
-    trained = injection_model.train(training_files())
+    trained = injection_model.train(training_files(), background=background_files())
     assert trained.meta["files"] == model.meta["files"], "retrain: llmops guard train-injection (see docs/guard.md)"
+    assert trained.meta["background"] == model.meta["background"] != []
     assert trained.threshold == pytest.approx(model.threshold, abs=1e-6)
     assert trained.meta["cv_detection"] == model.meta["cv_detection"]
     assert set(trained.weight) == set(model.weight)
@@ -150,10 +156,15 @@ def test_train_cli_writes_a_model_and_rejects_bad_input(tmp_path):
         "The invoice is at https://billing.example.com/inv/2024-0042 and the receipt at www.example.com/r/17.",
         "連絡先：taro@example.jp、詳細は https://example.jp/faq をご覧ください。よろしくお願いします。",
         "Send the signed contract to contracts@example.com; a copy goes to the customer portal as usual.",
+        # plain contract text (the nightly judge's answers echo the contract under review)
+        "This Agreement is entered into by ACME Cloud KK and the Customer. Either party may terminate this "
+        "Agreement with thirty days written notice. The Customer shall pay all invoices within fifteen days "
+        "of receipt, and late payments bear interest of 14.",
     ],
 )
-def test_records_that_name_addresses_are_not_flagged(text):
-    """Which mailbox or site a record names says nothing about intent: addresses are one token each."""
+def test_ordinary_records_are_not_flagged(text):
+    """Which mailbox or site a record names says nothing about intent (addresses are not features), and
+    plain business text is not an attack (the layer is trained on ordinary text as well as hard cases)."""
     assert injection.screen(text) is None
 
 
