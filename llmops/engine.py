@@ -264,6 +264,9 @@ class Engine:
                 end += 1
             waited = 0.0
             while start < end:
+                if self._stop_reason is not None:  # the batch stopped while these waited: no quota for them
+                    await self._defer_many([(it.index, it.req) for it in items[start:]])
+                    return
                 tokens = [it.prep.prompt_tokens + it.prep.max_tokens for it in items[start:end]]
                 n, adm = await self._in_db(self.gw.rates.admit_many, user, dept, tokens)
                 for it in items[start : start + n]:

@@ -362,7 +362,9 @@ class Gateway:
         with self.ledger.transaction() as s:
             final_rows = {
                 r.request_key: r
-                for r in s.scalars(select(LlmCall).where(LlmCall.request_key.in_([f.ctx.key for f in finals])))
+                for r in s.scalars(
+                    select(LlmCall).where(LlmCall.request_key.in_([f.ctx.key for f in finals])).with_for_update()
+                )
                 if is_final(r)
             }
             for n, f in enumerate(finals):

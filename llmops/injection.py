@@ -401,8 +401,8 @@ _RULES: list[tuple[str, re.Pattern[str]]] = [
 _REPORTING = re.compile(
     r"\b(?:wrote|writes|said|says|typed|sent|posted|contained|contains|included|pasted|reported|received|"
     r"message|ticket|email|comment|phrase|strings?|text|payload|examples?|attempt|like|reads|posting|typing|"
-    r"replies|messages like|words|say|asks?|asked|demands?|demanded|requests?|requested|feedback|forwarded|"
-    r"such as|input|line|containing|embedded|planted|quiz|question)\b|e\.g\.|という|と書|と送|と入力|と投稿|って|"
+    r"replies|messages like|asks?|asked|demands?|demanded|requested|feedback|forwarded|"
+    r"such as|containing|embedded|planted)\b|e\.g\.|という|と書|と送|と入力|と投稿|"
     r"と聞|と返|とリプ|本文が|例[:：]|原文|叫|攻撃文|"
     r"と言|のような|などの|といった|などと|のように|と書かれた|等の|例えば|文言|メッセージ|と隠され|と記載|と明記|"
     r"から始まる|で始まる|との記載|と埋め込",
@@ -786,15 +786,19 @@ def family(rule: str) -> str:
 # words that mark chat-template markup as documented or reported, not used
 _DOCUMENTED = re.compile(
     r"chatml|tokeni[sz]er|special tokens?|\bregex|saniti[sz]|fine-?tun|training data|llama ?2|red[- ]team|"
-    r"chat_template|moderation|parser|unit test|\bassert\b|blocklist|文字列|\bprompt=|特殊トークン|"
+    r"chat_template|unit test|blocklist|文字列|\bprompt=|特殊トークン|"
     r"学習データ|トークナイザ|正規表現|レッドチーム|演習|ファインチューニング|形式では",
     re.I,
 )
 _DOCUMENT_VERSION = re.compile(r"\b(?:previous|earlier|old|prior) (?:version|draft|edition|revision)s?\b", re.I)
 _YOUR = re.compile(r"\byour\b|あなた|君の|お前", re.I)
-_THIRD_PERSON = re.compile(
-    r"\b(?:its|their|a)\s+(?:own\s+)?(?:system|hidden|initial|original|instructions|prompt)", re.I
+# "its system prompt" as the extraction target itself (the match ends with it), not anywhere in the match
+_THIRD_PERSON_TARGET = re.compile(
+    r"\b(?:its|their|a)\s+(?:own\s+)?(?:system prompt|system message|hidden (?:instructions|prompt|rules)|"
+    r"initial (?:instructions|prompt)|original (?:instructions|prompt)|instructions|prompt)\W*$",
+    re.I,
 )
+_THIRD_PERSON = re.compile(r"\b(?:its|their)\s+(?:own\s+)?(?:system|hidden|initial|original|instructions|prompt)", re.I)
 
 
 def _match(text: str, released: str = "") -> str | None:
@@ -804,14 +808,18 @@ def _match(text: str, released: str = "") -> str | None:
     for (rule, pattern), anchors in zip(_RULES, _ANCHORS, strict=True):
         if (ascii_only and rule.endswith("_ja")) or family(rule) == skip or not any(a in lowered for a in anchors):
             continue  # the anchors are C-speed substring tests
-        for m in pattern.finditer(text):
+        pos = 0
+        while (m := pattern.search(text, pos)) is not None:
+            # a skipped match is searched again from its next character, so a real clause that overlaps a
+            # harmless one ("neglect the earlier draft, neglect all previous directions") is still found
+            pos = m.start() + 1
             if _quoted(text, m.start(), m.end()):
                 continue
-            if rule == "injection.markup" and _DOCUMENTED.search(text, max(0, m.start() - 100), m.end() + 100):
-                continue  # chat-template tokens explained in documentation or a security report
+            if rule == "injection.markup" and _DOCUMENTED.search(text, max(0, m.start() - 100), m.start()):
+                continue  # chat-template tokens explained by the documentation or report they follow
             if rule == "injection.override" and _DOCUMENT_VERSION.search(m.group(0)):
                 continue  # "ignore the previous version of this policy": a document, not the model's rules
-            if rule == "injection.extraction" and _THIRD_PERSON.search(m.group(0)):
+            if rule == "injection.extraction" and _THIRD_PERSON_TARGET.search(m.group(0)):
                 continue  # "asking the model to reveal its system prompt": about a model, not to it
             return rule
     intent = _intent_text(_mask_reported(text))
@@ -899,9 +907,9 @@ def prose(text: str) -> str:
     head = text.lstrip()[:1]
     if head not in ("{", "["):
         return text
-    try:
-        doc = json.loads(text)
-    except ValueError:
+    try:  # every pair, even under a repeated key (a dict would keep only the last value)
+        doc = json.loads(text, object_pairs_hook=lambda pairs: [x for pair in pairs for x in pair])
+    except (ValueError, RecursionError):
         return text
     parts: list[str] = []
     stack = [doc]
@@ -909,9 +917,6 @@ def prose(text: str) -> str:
         node = stack.pop()
         if isinstance(node, str):
             parts.append(node)
-        elif isinstance(node, dict):
-            for key, value in reversed(list(node.items())):
-                stack.extend([value, key])
-        elif isinstance(node, list):
+        elif isinstance(node, list):  # arrays, and objects as [key, value, key, value, ...]
             stack.extend(reversed(node))
     return "\n".join(parts)

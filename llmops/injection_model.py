@@ -7,7 +7,7 @@ excluded) and flags it when the score passes a threshold chosen on cross-validat
 
 * **Features**: lower-cased words and word pairs of the normalised text, character pairs of
   Japanese runs (no tokenizer needed), runs of markup symbols (``<|``, ``</``, ``###``, ``[[``). A feature counts
-  once per sentence.
+  as often as it occurs.
 * **Windows**: a long record is scored in windows of up to three sentences and its score is the highest
   window's, so an attack buried in a long benign document is not diluted by it.
 * **No pickle**: the model is JSON (vocabulary with idf weights, coefficients, intercept, thresholds),
@@ -43,7 +43,9 @@ _ENDS = frozenset({".", "!", "?", "。", "\n"})
 # parts ("org", "com", a user name) — or one token per address — made records that merely list contact
 # details read as exfiltration (attacks name addresses far more often than the training negatives do;
 # exfiltration itself is the rules' to catch: markdown images, links with placeholders, "send … to")
-_ADDRESS = re.compile(r"(?:https?://|www\.)[^\s<>\"')\]]*[^\s<>\"')\].,;:!?]|[\w.+\-]+@[\w\-]+(?:\.[\w\-]+)+")
+_ADDRESS = re.compile(
+    r"(?:https?://|www\.)[^\s<>\"')\]]*[^\s<>\"')\].,;:!?]|(?<![\w.+\-])[\w.+\-]+@[\w\-]+(?:\.[\w\-]+)+"
+)
 _WINDOW_SENTENCES = 3
 # a window needs this many features to be scored: one or two words say nothing ("AI" alone would score as
 # an attack, "support" as legitimate); short payloads are the rules' to catch
@@ -236,7 +238,9 @@ def train(
     legit = (y == 0) & labelled
     budget = max(false_alarms * legit.sum() - rules[legit].sum(), false_alarms / 4 * legit.sum())
     # the layer's own false alarms among legitimate lines the rules pass, highest score first
-    layer_only = np.sort(scores[legit & ~rules])[::-1]
+    layer_only = np.sort(scores[legit & ~rules & np.isfinite(scores)])[::-1]  # -inf: too short to score
+    if not len(layer_only):
+        raise ValueError("no legitimate line is long enough to score (8 features): add longer ones")
     k = int(budget)
     threshold = float(np.nextafter(layer_only[k], np.inf)) if k < len(layer_only) else float(layer_only[-1])
     flagged = rules | (scores >= threshold)

@@ -151,7 +151,9 @@ class GuardPolicy(_Strict):
         default=True, description="screen with the learned layer too (injection.learned), not only the rules"
     )
     injection_threshold: float | None = Field(
-        default=None, description="the learned layer's decision value to block at; default: the shipped model's"
+        default=None,
+        allow_inf_nan=False,  # NaN would never block (every comparison is False): fail closed, refuse it
+        description="the learned layer's decision value to block at; default: the shipped model's",
     )
     restore_placeholders: bool = False
     ja_name_pipeline: bool = Field(default=False, description="Japanese person names through ja-ginza (extra 'ja')")
