@@ -13,7 +13,7 @@ import logging
 import random
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -56,17 +56,6 @@ class _Ctx:
 
 
 @dataclass
-class _Final:
-    """The final row of a request that made no call: denied, blocked, failed before a call, deferred."""
-
-    ctx: _Ctx
-    status: Status
-    reasons: list[str]
-    findings: dict[str, int] = field(default_factory=dict)
-    prompt_excerpt: str = ""
-
-
-@dataclass
 class Prepared:
     """A request past access, guard, render and route: ready for budget, call and settle."""
 
@@ -85,7 +74,8 @@ class Prepared:
 
 @dataclass
 class Rejected:
-    """A request that ends before any call: its terminal status and why."""
+    """A request that ends before any call — denied, blocked, failed to render or route, deferred: its
+    terminal status and why (the fields of its final ledger row)."""
 
     ctx: _Ctx
     status: Status
@@ -316,7 +306,7 @@ class Gateway:
 
     def reject_many(self, rejs: list[Rejected]) -> list[Result]:
         """Record requests that end before any call, all in one transaction."""
-        return self._final_many([_Final(r.ctx, r.status, r.reasons, r.findings or {}, r.prompt_excerpt) for r in rejs])
+        return self._final_many(rejs)
 
     def call_fields(self, prep: Prepared, model: str, attempts: int) -> dict[str, Any]:
         """Ledger fields of a request about to call ``model`` (its row is written PENDING with a reservation)."""
@@ -354,11 +344,11 @@ class Gateway:
 
     def defer_many(self, reqs: list[Request], reason: str) -> list[Result]:
         """Record requests as deferred, in one transaction; a request already final is returned as it is."""
-        finals: list[_Final] = []
+        finals: list[Rejected] = []
         replayed: dict[int, Result] = {}
         for req in reqs:
             pv = self.library.resolve(req.prompt)
-            finals.append(_Final(_Ctx(req, req.request_key(pv.ref), self._base(req, pv)), Status.DEFERRED, [reason]))
+            finals.append(Rejected(_Ctx(req, req.request_key(pv.ref), self._base(req, pv)), Status.DEFERRED, [reason]))
         with self.ledger.transaction() as s:
             final_rows = {
                 r.request_key: r
@@ -493,16 +483,16 @@ class Gateway:
         findings: dict[str, int] | None = None,
         prompt_excerpt: str = "",
     ) -> Result:
-        return self._final_many([_Final(ctx, status, reasons, findings or {}, prompt_excerpt)])[0]
+        return self._final_many([Rejected(ctx, status, reasons, findings, prompt_excerpt)])[0]
 
-    def _final_many(self, finals: list[_Final]) -> list[Result]:
+    def _final_many(self, finals: list[Rejected]) -> list[Result]:
         """Write final rows of requests that made no call (and quarantine the blocked and denied), in one
         transaction; then log them."""
         with self.ledger.transaction() as s:
             rows = [self._write_final(s, f) for f in finals]
         return self._log_finals(finals, rows)
 
-    def _write_final(self, s: Any, f: _Final) -> LlmCall:
+    def _write_final(self, s: Any, f: Rejected) -> LlmCall:
         row = self.ledger.upsert_call(
             s,
             f.ctx.key,
@@ -512,7 +502,7 @@ class Gateway:
             provider=None,
             status=f.status,
             reasons="; ".join(f.reasons),
-            findings=json.dumps(f.findings, sort_keys=True),
+            findings=json.dumps(f.findings or {}, sort_keys=True),
             prompt_excerpt=f.prompt_excerpt,
             reserved_nanousd=0,
             cost_nanousd=0,
@@ -523,10 +513,10 @@ class Gateway:
             attempts=0,
         )
         if f.status in (Status.BLOCKED, Status.DENIED):
-            self._quarantine(s, f.ctx, f.status, f.reasons, f.findings)
+            self._quarantine(s, f.ctx, f.status, f.reasons, f.findings or {})
         return row
 
-    def _log_finals(self, finals: list[_Final], rows: list[LlmCall]) -> list[Result]:
+    def _log_finals(self, finals: list[Rejected], rows: list[LlmCall]) -> list[Result]:
         results = []
         for f, row in zip(finals, rows, strict=True):
             result = _from_row(row, replayed=False)

@@ -122,21 +122,20 @@ class EndpointLimiter:
 
     def _set_requests(self, rpm: int) -> None:
         self.rpm = rpm
-        rate = rpm / 60 * self.headroom
-        if self.requests is None:
-            self.requests = TokenBucket(rate, self._capacity(rate * self.burst_s, rate), self._clock)
-        else:
-            self.requests.refill()
-            self.requests.rate = rate
+        self.requests = self._bucket(self.requests, rpm)
 
     def _set_tokens(self, tpm: int) -> None:
         self.tpm = tpm
-        rate = tpm / 60 * self.headroom
-        if self.tokens is None:
-            self.tokens = TokenBucket(rate, self._capacity(rate * self.burst_s, rate), self._clock)
-        else:
-            self.tokens.refill()
-            self.tokens.rate = rate
+        self.tokens = self._bucket(self.tokens, tpm)
+
+    def _bucket(self, bucket: TokenBucket | None, per_minute: int) -> TokenBucket:
+        """A new bucket for a limit of ``per_minute``, or the existing one moved to that rate."""
+        rate = per_minute / 60 * self.headroom
+        if bucket is None:
+            return TokenBucket(rate, self._capacity(rate * self.burst_s, rate), self._clock)
+        bucket.refill()
+        bucket.rate = rate
+        return bucket
 
     def _slack(self, rate: float) -> float:
         return max(1.0, rate * self.jitter_s)
