@@ -801,15 +801,41 @@ _THIRD_PERSON_TARGET = re.compile(
 _THIRD_PERSON = re.compile(r"\b(?:its|their)\s+(?:own\s+)?(?:system|hidden|initial|original|instructions|prompt)", re.I)
 
 
+def _lowered_source(source: str) -> str:
+    """A pattern's source with its literals lower-cased and its escapes (``\\S``, ``\\W``, ``\\B``) kept."""
+    out: list[str] = []
+    i = 0
+    while i < len(source):
+        if source[i] == "\\":
+            out.append(source[i : i + 2])
+            i += 2
+        else:
+            out.append(source[i].lower())
+            i += 1
+    return "".join(out)
+
+
+# Each case-insensitive rule also compiled without re.I, to run over the lower-cased text: Python's re is
+# 2-4x slower case-insensitively. Same matches at the same offsets (tests/test_injection.py compares the
+# two over every labelled line); a text whose lower-casing changes its length uses the original pattern.
+_LOWERED: list[re.Pattern[str] | None] = [
+    re.compile(_lowered_source(pattern.pattern), pattern.flags & ~re.I) if pattern.flags & re.I else None
+    for _rule, pattern in _RULES
+]
+
+
 def _match(text: str, released: str = "") -> str | None:
     lowered = text.lower()
+    same_offsets = len(lowered) == len(text)
     ascii_only = text.isascii()
     skip = family(released) if released else None
-    for (rule, pattern), anchors in zip(_RULES, _ANCHORS, strict=True):
+    for (rule, pattern), fast, anchors in zip(_RULES, _LOWERED, _ANCHORS, strict=True):
         if (ascii_only and rule.endswith("_ja")) or family(rule) == skip or not any(a in lowered for a in anchors):
             continue  # the anchors are C-speed substring tests
+        subject = lowered if fast is not None and same_offsets else text
+        pattern = fast if fast is not None and same_offsets else pattern
         pos = 0
-        while (m := pattern.search(text, pos)) is not None:
+        while (m := pattern.search(subject, pos)) is not None:
             # a skipped match is searched again from its next character, so a real clause that overlaps a
             # harmless one ("neglect the earlier draft, neglect all previous directions") is still found
             pos = m.start() + 1
