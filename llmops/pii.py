@@ -116,8 +116,11 @@ def language_of(text: str) -> str:
 
 
 # -- checksums ------------------------------------------------------------------------------------
+_NOT_DIGIT = regex.compile(r"[^0-9]")
+
+
 def _digits(s: str) -> str:
-    return "".join(c for c in s if c.isdigit())
+    return _NOT_DIGIT.sub("", s)
 
 
 def luhn_ok(digits: str) -> bool:
@@ -328,13 +331,21 @@ for _spec in (
             r"|xox[abposr]-[A-Za-z0-9\-]{10,}|AIza[0-9A-Za-z_\-]{35}"
             r"|(?:sk|rk|pk)_(?:live|test)_[A-Za-z0-9]{16,}|glpat-[A-Za-z0-9_\-]{20}"
             r"|eyJ[A-Za-z0-9_\-]{10,}\.eyJ[A-Za-z0-9_\-]{10,}\.[A-Za-z0-9_\-]{10,})(?![A-Za-z0-9_\-])",
+        ),
+        0.95,
+        prefilter=r"sk-|sk_|rk_|pk_|AKIA|ASIA|AGPA|AIDA|AROA|ANPA|gh[pousr]_|github_pat_|xox|AIza|glpat-|eyJ",
+    ),
+    RecognizerSpec(
+        "API_KEY",
+        (
             # secrets by assignment context: aws_secret_access_key = ..., password: ..., api_key="..."
             # (only the value, group "v", is the finding)
             r"(?i:secret|password|passwd|api[_\-]?key|access[_\-]?key|token|client[_\-]?secret)[\"']?\s*[:=]\s*"
             r"[\"']?(?P<v>[A-Za-z0-9/+_\-]{16,})",
         ),
         0.95,
-        prefilter=r"sk-|sk_|rk_|pk_|AKIA|ASIA|AGPA|AIDA|AROA|ANPA|gh[pousr]_|github_pat_|xox|AIza|glpat-|eyJ|[:=]",
+        name="API_KEY_ASSIGNED",
+        prefilter=r"[:=]\s*[\"']?[A-Za-z0-9/+_\-]{16}",  # a long value after ':' or '=' (clock times have none)
     ),
     RecognizerSpec(
         "EMAIL",
