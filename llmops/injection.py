@@ -633,14 +633,15 @@ _SECRETS = _words(
     r"private keys?",
     r"environment variables",
 )
-_SECRETS_JA = re.compile(r"パスワード|APIキー|認証情報|ライセンスキー|アクセストークン|秘密鍵|環境変数")
+# the intent families are matched against lower-cased text: their Latin letters are lower case
+_SECRETS_JA = re.compile(r"パスワード|apiキー|認証情報|ライセンスキー|アクセストークン|秘密鍵|環境変数")
 _OVERRIDE_JA = re.compile(
     r"(?:無視|忘れ|取り消|取消|破棄|無効|撤回|解除)(?!しな|せず|しませ|な[いく]|ず|ませ|します|する(?!こと)|した|され|してい|る|た)"
     r"|外して|従わな"
 )
 _INSTRUCTIONS_JA = re.compile(r"指示|命令|ルール|プロンプト|制限|制約|ガイドライン|規則|指令|前提")
 _DISCLOSE_JA = re.compile(r"教え|出力|表示|見せ|書き出|開示|繰り返|列挙|暴露|読み聞かせ|読み上げ|聞かせ")
-_MODEL_JA = re.compile(r"あなた|君|お前|AI|アシスタント|もらった|与えられた|受けた|受け取った|内部")
+_MODEL_JA = re.compile(r"あなた|君|お前|(?<![a-z])ai(?![a-z])|アシスタント|もらった|与えられた|受けた|受け取った|内部")
 _UNBOUND_JA = re.compile(
     r"(?:制限|制約|ルール|検閲|フィルター)(?:の|が|も)?(?:ない|なし|無し|無い)|何の制限|検閲なし|制限なく|制約なく|"
     r"(?:ルール|制限|制約)にも?縛られ(?:ず|ない)|検閲(?:も)?しません"
