@@ -188,9 +188,10 @@ def main() -> int:
     model = injection_model.load()
     print(
         f"\nlearned layer: {model.meta['lines']} training lines from {len(model.meta['files'])} files, threshold "
-        f"{model.threshold:.3f}; cross-validated rules {model.meta['cv_rules_detection']:.3f} / "
-        f"{model.meta['cv_rules_false_alarms']:.3f}, rules + layer {model.meta['cv_detection']:.3f} / "
-        f"{model.meta['cv_false_alarms']:.3f} (detection / false alarms)"
+        f"{model.threshold:.3f}, soft-rule weight {model.soft_weight:.1f}; cross-validated blocking rules "
+        f"{model.meta['cv_rules_detection']:.3f} / {model.meta['cv_rules_false_alarms']:.3f}, soft rule "
+        f"{model.meta['cv_soft_detection']:.3f} / {model.meta['cv_soft_false_alarms']:.3f}, rules + layer "
+        f"{model.meta['cv_detection']:.3f} / {model.meta['cv_false_alarms']:.3f} (detection / false alarms)"
     )
     held = (0.0, 0.0)
     for name, label in (

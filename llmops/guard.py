@@ -1,7 +1,8 @@
 """The guard stage: injection screening and PII redaction of a record's template variables, before
 anything leaves the process.
 
-* Injection (:mod:`llmops.injection`): any string variable that hits a rule blocks the record.
+* Injection (:mod:`llmops.injection`): any string variable that hits a rule — or that the learned layer flags,
+  with a soft rule's evidence or without — blocks the record.
 * PII (:mod:`llmops.pii`, Presidio analyzer): per type the policy says redact, block or allow — with
   the record's data class able to tighten it (``guard.data_classes``: per-class overrides and mandatory
   redaction). Redaction uses Presidio's anonymizer to put typed placeholders (``<EMAIL_1>``) in place,

@@ -26,6 +26,7 @@ import codecs
 import functools
 import html
 import json
+import math
 import re
 import unicodedata
 import urllib.parse
@@ -56,6 +57,8 @@ _LEET = str.maketrans({"0": "o", "1": "i", "3": "e", "4": "a", "5": "s", "7": "t
 _DOTTED = re.compile(r"\b(?:[A-Za-z][.\-_*]){2,}[A-Za-z]\b")  # i.g.n.o.r.e
 _SPACED_JA = re.compile(r"(?:[\u3040-\u30ff\u4e00-\u9fff。、] ){3,}[\u3040-\u30ff\u4e00-\u9fff。、]")
 _SPACED = re.compile(r"\b(?:[A-Za-z] ){3,}[A-Za-z]\b")  # i g n o r e
+# what either form needs somewhere: three letters split by '.-_*' or four by spaces
+_SPLIT_HINT = re.compile(r"[A-Za-z](?:[.\-_*][A-Za-z][.\-_*]| [A-Za-z] [A-Za-z] )[A-Za-z]")
 _B64 = re.compile(r"(?<![A-Za-z0-9+/=])[A-Za-z0-9+/]{16,}={0,2}(?![A-Za-z0-9+/=])")
 _HEX = re.compile(r"(?:[0-9A-Fa-f]{2}){12,}")
 _LONG_RUN = re.compile(r"[A-Za-z0-9+/]{16}")
@@ -76,9 +79,11 @@ _LEET_WORDS = frozenset({"dan", "all", "mode", "show"})  # short words: only as 
 def normalise(text: str) -> str:
     """Invisible characters removed, NFKC-folded, homoglyphs mapped to Latin, spaced letters joined."""
     folded = unicodedata.normalize("NFKC", strip_invisible(text)).translate(_HOMOGLYPHS)
+    if not folded.isascii():
+        folded = _SPACED_JA.sub(lambda m: m.group(0).replace(" ", ""), folded)
+    if not _SPLIT_HINT.search(folded):  # one scan instead of two: most texts hold neither form
+        return folded
     joined = _DOTTED.sub(lambda m: re.sub(r"[.\-_*]", "", m.group(0)), folded)
-    if not joined.isascii():
-        joined = _SPACED_JA.sub(lambda m: m.group(0).replace(" ", ""), joined)
     return _SPACED.sub(lambda m: m.group(0).replace(" ", ""), joined)
 
 
@@ -132,7 +137,8 @@ _RULES: list[tuple[str, re.Pattern[str]]] = [
         "injection.override",
         re.compile(
             r"\b(?:ignore|disregard|forget|override|bypass|skip|drop|abandon|neglect|set aside|never ?mind|cancel|"
-            r"discard|void|throw away|stop following)\b(?:(?!\b(?:my|our|his|her|their|(?:manager|supervisor|boss|client|customer|teacher|team|company|vendor)'s)\b)[^.\n]){0,40}?"
+            # the verb and its object in one clause: "ignore case when matching; see previous instructions" is two
+            r"discard|void|throw away|stop following)\b(?:(?!\b(?:my|our|his|her|their|(?:manager|supervisor|boss|client|customer|teacher|team|company|vendor)'s)\b)[^.\n;]){0,40}?"
             r"\b(?:previous|prior|preceding|above|earlier|all|any|your|its|system|original|initial)\b"
             r"(?:(?!\b(?:my|our|his|her|their)\b)[^.\n]){0,25}?\b(?:instructions?|" + _PROMPT_NOUN + r"|rules|"
             r"directions|directives|guidelines|guardrails|constraints|restrictions|polic(?:y|ies)|context|commands?)\b"
@@ -162,7 +168,9 @@ _RULES: list[tuple[str, re.Pattern[str]]] = [
             r"(?::|are\b|is\b)|\byour (?:new|real|actual|true) (?:task|instructions?|purpose|goal|role|orders|mission|"
             r"objective|job) (?:is|are)\b|\b(?:new|next|real|actual) (?:task|instructions?|orders|job|mission) "
             r"for (?:the |you,? )?(?:ai|assistant|model|bot|llm|chatbot)\b|"
-            r"^\s*(?:system |admin |developer )?override\s*:(?![ \t]*(?:$|true\b|false\b|yes\b|no\b|\d|#))|\bsystem override\b",
+            r"^\s*(?:system |admin |developer )?override\s*:(?![ \t]*(?:$|true\b|false\b|yes\b|no\b|\d|#))|"
+            r"\[\s*system override|\bsystem override\b(?=\s*(?:[:\]!>*#—–→(/=|]|-(?!\w)|(?:mode|protocol|command|code|engaged|"
+            r"activated|enabled|granted|accepted|in effect)\b))|(?-i:\bSYSTEM OVERRIDE\b)",  # a banner in capitals
             _I | re.M,
         ),
     ),
@@ -191,7 +199,8 @@ _RULES: list[tuple[str, re.Pattern[str]]] = [
             r"god mode|evil|no (?:rules|restrictions|limits|filters|guidelines|ethics|morals|ethical guidelines|"
             r"content polic(?:y|ies)|safety)|without (?:any )?(?:rules|restrictions|limits|filters|guidelines|"
             r"censorship|ethics|morals))\b"
-            r"(?![^.\n]{0,40}\b(?:android|phone|iphone|chrome|extensions?|settings|windows|browser|device|tablet|ide)\b)"
+            r"(?![^.\n]{0,40}\b(?:android|phone|iphone|chrome|extensions?|settings|windows|browser|device|tablet|ide|handheld|"
+            r"console|laptop|router|smartwatch|watch|tv|camera|firmware|bios|car|vehicle)\b)"
             r"(?![^.\n]{0,12}\b(?:in|on) (?:your |the )?(?:android|phone|iphone|chrome|settings|windows|browser|device))",
             _I,
         ),
@@ -213,7 +222,10 @@ _RULES: list[tuple[str, re.Pattern[str]]] = [
             r"admins?|administrators?|makers?|owners?|programmers?|they) (?:tell|told|instruct|instructed|program|"
             r"programmed|say to|said to) you\b|\bwhat (?:were|have) you (?:been )?(?:told|instructed|programmed) "
             r"(?:to (?:do|say|avoid|hide) )?(?:before|at the (?:start|beginning)|initially|by (?:your|the) (?:developers?|"
-            r"creators?|operators?))",
+            r"creators?|operators?))"
+            # a person's first day or visit, not the model's set-up
+            r"(?!\s+(?:your|the|you)\s+(?:first (?:day|week|shift|visit|appointment|class|lesson|interview|trip|job)|arrival|interview|visit|appointment|shift|trip|surgery|"
+            r"flight|move|joined))",
             _I,
         ),
     ),
@@ -467,7 +479,9 @@ _OVERRIDE = _words(
     r"drop\b",
     r"skip",
     r"bypass",
-    r"overrid",
+    # not a feature's name ("system prompt override", "override policies for badge access", "override field")
+    r"(?<!prompt )overrid(?!es? (?:polic|fields?\b|settings?\b|switch|buttons?\b|flags?\b|options?\b|values?\b|"
+    r"features?\b|permissions?\b|files?\b|mechanism|process|codes?\b))",
     r"discard",
     r"abandon",
     r"throw (?:out|away)",
@@ -540,6 +554,18 @@ _ATTACK_QUALIFIER = _words(
 )
 _DESCRIBED = re.compile(r"(?:requests?|attempts?|asking|asks|trying|tries) to\s+$")  # an attack described
 _WRITER_OWNED = re.compile(r"\b(?:my|our|his|her|their|the customer's)\s+(?:\w+\s+){0,2}$")
+# instructions of a physical-world domain ("prior dietary instructions", "the previous delivery instructions",
+# "jury instructions"): a person's, not the model's. Words an attack on a model would not qualify its
+# instructions with — "safety", "formatting", "content" or "output" are not here.
+_DOMAIN = (
+    r"dietary|diet|dosing|dosage|medication|delivery|shipping|shipment|jury|washing|laundry|assembly|installation|"
+    r"posting|cleaning|packing|handling|feeding|boarding|evacuation|parking|loading|pickup|wiring|mounting|storage|"
+    r"cooking|baking|watering|driving|care|wound care|aftercare|discharge|fasting"
+)
+_DOMAIN_OWNED = re.compile(r"\b(?:" + _DOMAIN + r")\s+$")
+_DOMAIN_NOUN = re.compile(
+    r"\b(?:" + _DOMAIN + r")\s+(?:instructions?|rules|directions|directives|guidelines|guidance)\W*$", re.I
+)
 # addressed to the model: second person, or the model called by name ("Hey assistant,", "AI: …")
 _MODEL = _words(
     r"you\b",
@@ -637,11 +663,14 @@ _SECRETS = _words(
 _SECRETS_JA = re.compile(r"パスワード|apiキー|認証情報|ライセンスキー|アクセストークン|秘密鍵|環境変数")
 _OVERRIDE_JA = re.compile(
     r"(?:無視|忘れ|取り消|取消|破棄|無効|撤回|解除)(?!しな|せず|しませ|な[いく]|ず|ませ|します|する(?!こと)|した|され|してい|る|た)"
-    r"|外して|従わな"
+    r"|外して|従わな(?:いで|くて|いこと)"  # an order, not a design ("外部文書の指示には従わない設計")
 )
 _INSTRUCTIONS_JA = re.compile(r"指示|命令|ルール|プロンプト|制限|制約|ガイドライン|規則|指令|前提")
 _DISCLOSE_JA = re.compile(r"教え|出力|表示|見せ|書き出|開示|繰り返|列挙|暴露|読み聞かせ|読み上げ|聞かせ")
-_MODEL_JA = re.compile(r"あなた|君|お前|(?<![a-z])ai(?![a-z])|アシスタント|もらった|与えられた|受けた|受け取った|内部")
+_MODEL_JA = re.compile(
+    # "AI" as the addressee, not the industry ("生成AI", "AI事業者", "AIガイドライン")
+    r"あなた|君|お前|(?<![a-z])(?<!生成)(?<!対話型)ai(?![a-z]|事業|ガイドライン|利用|活用|導入|技術|政策|規制)|アシスタント|もらった|与えられた|受けた|受け取った|内部"
+)
 _UNBOUND_JA = re.compile(
     r"(?:制限|制約|ルール|検閲|フィルター)(?:の|が|も)?(?:ない|なし|無し|無い)|何の制限|検閲なし|制限なく|制約なく|"
     r"(?:ルール|制限|制約)にも?縛られ(?:ず|ない)|検閲(?:も)?しません"
@@ -660,7 +689,14 @@ _TARGET_STEMS = (
 
 
 # instructions a person gave people (an e-mail, a manual, a boss, an exam question), not the model's
-_WRITER_OWNED_JA = re.compile(r"メール|お伝えした|説明書|設問|上司|上長|部長|課長|マニュアル|手順書|先生|講師|人間の")
+_WRITER_OWNED_JA = re.compile(
+    r"メール|お伝えした|説明書|設問|上司|上長|部長|課長|マニュアル|手順書|先生|講師|人間の|仕様書|"
+    r"こちらの|私の|弊社の|当社の|うちの|自分の"
+)
+# instructions of a work domain, right before the noun ("出荷指示", "投稿ガイドライン"), or a message that
+# carried them ("指示メール"; not "指示書", which attacks use for the model's instructions)
+_DOMAIN_JA = re.compile(r"(?:出荷|配送|納品|発送|作業|投稿|服薬|投薬|配達|搬入|検品|掲示板)の?$")
+_DOCUMENT_JA = re.compile(r"(?:指示|命令)(?:メール|票)")
 
 
 def _intent_text(text: str) -> str | None:
@@ -693,7 +729,13 @@ def _intent_text(text: str) -> str | None:
     generic = {
         sid: kept
         for sid, xs in hits(_INSTRUCTIONS).items()
-        if (kept := [x for x in xs if not _WRITER_OWNED.search(text[max(0, x - 40) : x])])
+        if (
+            kept := [
+                x
+                for x in xs
+                if not _WRITER_OWNED.search(before := text[max(0, x - 40) : x]) and not _DOMAIN_OWNED.search(before)
+            ]
+        )
     }
     model = hits(_MODEL) if generic or config else empty
     qualified = hits(_ATTACK_QUALIFIER) if generic else empty
@@ -705,7 +747,15 @@ def _intent_text(text: str) -> str | None:
         {
             sid: kept
             for sid, xs in hits(_INSTRUCTIONS_JA).items()
-            if (kept := [x for x in xs if not _WRITER_OWNED_JA.search(text[max(0, x - 14) : x])])
+            if (
+                kept := [
+                    x
+                    for x in xs
+                    if not _WRITER_OWNED_JA.search(text[max(0, x - 14) : x])
+                    and not _DOMAIN_JA.search(text[max(0, x - 4) : x])
+                    and not _DOCUMENT_JA.match(text, x)
+                ]
+            )
         }
         if not text.isascii()
         else empty
@@ -786,7 +836,7 @@ def family(rule: str) -> str:
 
 # words that mark chat-template markup as documented or reported, not used
 _DOCUMENTED = re.compile(
-    r"chatml|tokeni[sz]er|special tokens?|\bregex|saniti[sz]|fine-?tun|training data|llama ?2|red[- ]team|"
+    r"chatml|tokeni[sz]er|special tokens?|\bregex|saniti[sz]|fine-?tun|training data|llama[- ]?2|red[- ]team|"
     r"chat_template|unit test|blocklist|文字列|\bprompt=|特殊トークン|"
     r"学習データ|トークナイザ|正規表現|レッドチーム|演習|ファインチューニング|形式では",
     re.I,
@@ -820,7 +870,9 @@ def _lowered_source(source: str) -> str:
 # 2-4x slower case-insensitively. Same matches at the same offsets (tests/test_injection.py compares the
 # two over every labelled line); a text whose lower-casing changes its length uses the original pattern.
 _LOWERED: list[re.Pattern[str] | None] = [
-    re.compile(_lowered_source(pattern.pattern), pattern.flags & ~re.I) if pattern.flags & re.I else None
+    re.compile(_lowered_source(pattern.pattern), pattern.flags & ~re.I)
+    if pattern.flags & re.I and "(?-i" not in pattern.pattern  # a case-sensitive part needs the original
+    else None
     for _rule, pattern in _RULES
 ]
 
@@ -835,17 +887,26 @@ def _match(text: str, released: str = "") -> str | None:
             continue  # the anchors are C-speed substring tests
         subject = lowered if fast is not None and same_offsets else text
         pattern = fast if fast is not None and same_offsets else pattern
-        pos = 0
+        pos = documented_until = 0
         while (m := pattern.search(subject, pos)) is not None:
             # a skipped match is searched again from its next character, so a real clause that overlaps a
             # harmless one ("neglect the earlier draft, neglect all previous directions") is still found
             pos = m.start() + 1
             if _quoted(text, m.start(), m.end()):
                 continue
-            if rule == "injection.markup" and _DOCUMENTED.search(text, max(0, m.start() - 100), m.start()):
-                continue  # chat-template tokens explained by the documentation or report they follow
+            if rule == "injection.markup" and (
+                _DOCUMENTED.search(text, max(0, m.start() - 100), m.start()) or m.start() < documented_until
+            ):
+                # chat-template tokens explained by the documentation or report they follow; the passage
+                # goes on for a while ("each turn begins with <|im_start|> ... and ends with <|im_end|>")
+                documented_until = m.end() + 100
+                continue
             if rule == "injection.override" and _DOCUMENT_VERSION.search(m.group(0)):
                 continue  # "ignore the previous version of this policy": a document, not the model's rules
+            if rule == "injection.override_ja" and _DOMAIN_JA.search(text, max(0, m.start() - 4), m.start()):
+                continue  # "古い投稿ガイドラインは無視して": the forum's guidelines
+            if rule == "injection.override" and _DOMAIN_NOUN.search(m.group(0)):
+                continue  # "disregard any prior dietary instructions": a person's instructions
             if rule == "injection.extraction" and _THIRD_PERSON_TARGET.search(m.group(0)):
                 continue  # "asking the model to reveal its system prompt": about a model, not to it
             return rule
@@ -894,34 +955,69 @@ def _leet_words(text: str) -> bool:
 LEARNED = "injection.learned"
 
 
+# Rules whose hit is evidence for the learned layer rather than a verdict: the override intent (an override
+# verb near instruction nouns in one sentence) catches paraphrases, but also reports, manuals and hand-over
+# notes that talk about ignoring instructions — 0.55 % of the labelled legitimate lines, more than every
+# phrasing rule together. The extraction and role-play intents are precise and block.
+SOFT_RULES = frozenset({"injection.intent_override"})
+
+
+def is_soft(rule: str) -> bool:
+    """Is the rule's hit evidence for the learned layer (:data:`SOFT_RULES`) rather than a verdict?"""
+    return rule in SOFT_RULES
+
+
+def rule_hits(text: str, released: str = "") -> tuple[Hit | None, Hit | None]:
+    """The first blocking rule the text hits in any of its views, and the first soft rule hit before it
+    (:data:`SOFT_RULES`; each or both None). Rules of the ``released`` family are not applied."""
+    if not text or not text.strip():
+        return None, None
+    return _hits(normalise(text), released)
+
+
+def _hits(norm: str, released: str) -> tuple[Hit | None, Hit | None]:
+    soft: Hit | None = None
+    views = [(norm, "text")]
+    if _leet_words(norm):
+        views.append((norm.translate(_LEET), "leet"))
+    views += [(normalise(view), "decoded") for view in _decoded_views(norm)]
+    for view, name in views:
+        rule = _match(view, released)
+        if rule and not is_soft(rule):
+            return Hit(rule, name), soft
+        if rule and soft is None:
+            soft = Hit(rule, name)
+    return None, soft
+
+
 @functools.lru_cache(maxsize=2048)
 def screen(text: str, released: str = "", *, learned: bool = True, threshold: float | None = None) -> Hit | None:
-    """The first injection rule the text hits in any of its views, or None. ``released`` names a rule a data
-    owner released for this record: the rules of its family are not applied, every other one is.
+    """The injection rule the text hits, or None. ``released`` names a rule a data owner released for this
+    record: the rules of its family are not applied, every other one is.
 
-    When no rule hits and ``learned`` is on, the learned layer (:mod:`llmops.injection_model`) scores the
-    normalised text and reports ``injection.learned`` at or above ``threshold`` (default: the model's own).
-    A learned score never overrules a rule: an attacker who pads a payload with benign text must not get
-    a rule hit waived. A released record is not scored by the layer (the reviewer judged that content);
-    the rules outside the released family still apply. A model that cannot be read raises, and the guard blocks the record (fail closed)."""
+    A rule's hit in any view of the text (as written, leetspeak read as letters, decoded payloads) blocks,
+    except a soft rule's (:data:`SOFT_RULES`): that is evidence for the learned layer
+    (:mod:`llmops.injection_model`) when it is on — the model's ``soft_weight`` is added to the layer's score
+    of the normalised text, which flags the text at or above ``threshold`` (default: the model's own),
+    reported as the soft rule, or ``injection.learned`` without one. A soft hit blocks on its own where the
+    layer is off, the record was released (the layer does not judge a reviewed record) or the text is too
+    short to score. A learned score never overrules a blocking rule: an attacker who pads a payload with
+    benign text must not get a rule hit waived. A model that cannot be read raises, and the guard blocks the
+    record (fail closed)."""
     if not text or not text.strip():
         return None
     norm = normalise(text)
-    rule = _match(norm, released)
-    if rule:
-        return Hit(rule, "text")
-    if _leet_words(norm):
-        rule = _match(norm.translate(_LEET), released)
-        if rule:
-            return Hit(rule, "leet")
-    for view in _decoded_views(norm):
-        rule = _match(normalise(view), released)
-        if rule:
-            return Hit(rule, "decoded")
-    if learned and not released:  # a reviewer's release of an injection verdict covers this layer's too
-        model = injection_model.load()
-        if model.score(prose(norm)) >= (model.threshold if threshold is None else threshold):
-            return Hit(LEARNED, "text")
+    hard, soft = _hits(norm, released)
+    if hard is not None:
+        return hard
+    if not learned or released:  # a reviewer's release of an injection verdict covers this layer's too
+        return soft
+    model = injection_model.load()
+    score = model.score(prose(norm))
+    if soft is not None and score == -math.inf:
+        return soft  # too short for the layer to judge: the rule's word stands
+    if score + (model.soft_weight if soft else 0.0) >= (model.threshold if threshold is None else threshold):
+        return soft or Hit(LEARNED, "text")
     return None
 
 

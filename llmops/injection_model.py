@@ -28,9 +28,12 @@ from pathlib import Path
 from typing import Any
 
 MODEL_PATH = Path(__file__).with_name("injection_model.json")
-FORMAT = "llmops-injection-linear/1"
+FORMAT = "llmops-injection-linear/2"  # /2: soft_weight
 C = 16.0  # inverse regularisation: the best cross-validated detection at 2 % false alarms of 4, 8, 16 (3939 lines)
 TARGET_FALSE_ALARMS = 0.02
+# what a soft rule's hit (:data:`llmops.injection.SOFT_RULES`) may add to the learned score; training keeps
+# the one with the best cross-validated detection at the false-alarm budget
+SOFT_WEIGHTS = (0.0, 0.5, 1.0, 2.0, 3.0)
 
 # markup tags whole (``<system>``, ``</user>``, ``<|im_start|>``, ``[INST]``), words, Japanese runs, runs of
 # markup symbols, and sentence ends (a full stop before a space, a Japanese full stop, a line break) as
@@ -99,6 +102,7 @@ class InjectionModel:
     intercept: float
     threshold: float  # a score at or above it flags the text on its own
     meta: dict[str, Any]
+    soft_weight: float = 0.0  # added to the score of a text a soft rule hit
 
     def score(self, text: str) -> float:
         """The decision value (log-odds) of the text's most suspicious window of three sentences, or -inf
@@ -129,6 +133,7 @@ class InjectionModel:
             "format": FORMAT,
             "intercept": self.intercept,
             "threshold": self.threshold,
+            "soft_weight": self.soft_weight,
             "meta": self.meta,
             "vocabulary": {f: [round(idf[f], 6), round(coef[f], 6)] for f in sorted(idf)},
         }
@@ -143,6 +148,7 @@ class InjectionModel:
             idf2={f: idf * idf for f, (idf, _coef) in vocab.items()},
             intercept=float(data["intercept"]),
             threshold=float(data["threshold"]),
+            soft_weight=float(data["soft_weight"]),
             meta=dict(data.get("meta", {})),
         )
 
@@ -206,10 +212,14 @@ def train(
 ) -> InjectionModel:
     """Train on labelled files and set the threshold from ``folds``-fold cross-validated scores.
 
-    The rules always block what they hit (a learned score never overrules them); the learned layer adds
-    what they miss. Its threshold is the lowest at which the rules and the layer together flag at most
-    ``false_alarms`` of the legitimate lines, cross-validated; where the rules alone flag more, the layer
-    may add at most a quarter of the budget. The rates at that threshold are kept in ``meta``.
+    The rules always block what they hit (a learned score never overrules them); the learned layer adds what
+    they miss. The soft rules (:data:`llmops.injection.SOFT_RULES`: the override intent catches paraphrases
+    but also reports and hand-over notes that talk about ignoring instructions) are evidence for the layer
+    instead: their hit adds ``soft_weight`` to the score (chosen from :data:`SOFT_WEIGHTS` by cross-validated
+    detection), and blocks on its own only where the layer is off or the text is too short to score. The threshold is
+    the lowest at which the rules and the layer together flag at most ``false_alarms`` of the legitimate
+    lines, cross-validated; where the rules alone flag more, the layer may add at most a quarter of the
+    budget. The rates at that threshold are kept in ``meta``.
 
     ``background`` files hold ordinary legitimate text (``- `` lines): it trains the weights — without it
     the layer only ever saw legitimate text that reads like an attack, and words such as "this" and "all"
@@ -234,24 +244,36 @@ def train(
         fold_model = fit([texts[i] for i in tr], y[tr])
         for i in te:
             scores[i] = fold_model.score(texts[i])
-    rules = np.array([injection.screen(t, learned=False) is not None for t in [*raw, *extra]])
+    found = [injection.rule_hits(t) for t in [*raw, *extra]]
+    blocking = np.array([hard is not None for hard, _ in found])
+    soft = np.array([hard is None and hit is not None for hard, hit in found])
+    rules = blocking | (soft & ~np.isfinite(scores))  # what blocks whatever the layer says
     legit = (y == 0) & labelled
+    attacks = (y == 1) & labelled
     budget = max(false_alarms * legit.sum() - rules[legit].sum(), false_alarms / 4 * legit.sum())
-    # the layer's own false alarms among legitimate lines the rules pass, highest score first
-    layer_only = np.sort(scores[legit & ~rules & np.isfinite(scores)])[::-1]  # -inf: too short to score
-    if not len(layer_only):
-        raise ValueError("no legitimate line is long enough to score (8 features): add longer ones")
-    k = int(budget)
-    threshold = float(np.nextafter(layer_only[k], np.inf)) if k < len(layer_only) else float(layer_only[-1])
-    flagged = rules | (scores >= threshold)
+    best: tuple[float, float, float] | None = None  # detection, weight, threshold
+    for w in SOFT_WEIGHTS:
+        boosted = scores + w * soft
+        # the layer's own false alarms among legitimate lines the rules pass, highest score first
+        layer_only = np.sort(boosted[legit & ~rules & np.isfinite(boosted)])[::-1]  # -inf: too short to score
+        if not len(layer_only):
+            raise ValueError("no legitimate line is long enough to score (8 features): add longer ones")
+        k = int(budget)
+        th = float(np.nextafter(layer_only[k], np.inf)) if k < len(layer_only) else float(layer_only[-1])
+        detection = float((rules | (boosted >= th))[attacks].mean())
+        if best is None or detection >= best[0]:  # a tie goes to the larger weight
+            best = (detection, w, th)
+    assert best is not None
+    _, weight, threshold = best
+    flagged = rules | (scores + weight * soft >= threshold)
     background_flagged = float(flagged[~labelled].mean()) if len(extra) else 0.0
-    flagged, y_labelled = flagged[labelled], y[labelled]
     model = fit(texts, y)
     return InjectionModel(
         weight=model.weight,
         idf2=model.idf2,
         intercept=model.intercept,
         threshold=threshold,
+        soft_weight=weight,
         meta={
             "files": [p.name for p in paths],
             "background": [p.name for p in background],
@@ -260,10 +282,12 @@ def train(
             "attacks": int(y.sum()),
             "c": C,
             "folds": folds,
-            "cv_detection": round(float(flagged[y_labelled == 1].mean()), 4),
-            "cv_false_alarms": round(float(flagged[y_labelled == 0].mean()), 4),
+            "cv_detection": round(float(flagged[attacks].mean()), 4),
+            "cv_false_alarms": round(float(flagged[legit].mean()), 4),
             "cv_background_false_alarms": round(background_flagged, 4),
-            "cv_rules_detection": round(float(rules[y == 1].mean()), 4),
-            "cv_rules_false_alarms": round(float(rules[legit].mean()), 4),
+            "cv_rules_detection": round(float(blocking[attacks].mean()), 4),
+            "cv_rules_false_alarms": round(float(blocking[legit].mean()), 4),
+            "cv_soft_detection": round(float(soft[attacks].mean()), 4),
+            "cv_soft_false_alarms": round(float(soft[legit].mean()), 4),
         },
     )

@@ -41,8 +41,8 @@ def test_injection_rates_on_the_tuning_sets():
 
 
 def test_learned_layer_on_the_held_out_sets():
-    """Held-out sets are never trained or tuned on; this guards against regressions only: the learned layer
-    must keep its detection and add no false alarm to the rules' own."""
+    """Held-out sets are never trained or tuned on; this guards against regressions only: detection stays at
+    0.85 or more and false positives at 2 % or less on each."""
     for name in (
         "injection_heldout4.txt",
         "injection_heldout5.txt",
@@ -51,6 +51,5 @@ def test_learned_layer_on_the_held_out_sets():
     ):
         pos, neg = bench.load_injection(name)
         detection = sum(bool(screen_injection(t)) for t in pos) / len(pos)
-        rules_false = sum(bool(screen_injection(t, learned=False)) for t in neg)
-        false = sum(bool(screen_injection(t)) for t in neg)
-        assert detection >= 0.80 and false == rules_false, (name, detection, false, rules_false)
+        false = [t for t in neg if screen_injection(t)]
+        assert detection >= 0.85 and len(false) <= 0.02 * len(neg), (name, detection, len(false))
