@@ -76,9 +76,34 @@ _LEET_STEMS = (
 _LEET_WORDS = frozenset({"dan", "all", "mode", "show"})  # short words: only as whole words
 
 
+# Characters NFKC leaves alone and that never compose with the character before them (NFKC_QC=Yes and
+# canonical combining class 0): ASCII, hiragana, full-width katakana, CJK ideographs, common Japanese
+# punctuation. Normalisation can restart before each, so only the runs of other characters (with the one
+# character before them) need NFKC — Japanese text holds a few full-width digits or spaces among thousands
+# of kana and kanji, and NFKC over the whole string cost 0.17 ms per 2 KB.
+_NFKC_UNSTABLE = re.compile(
+    r"[^\x00-\x7F\u3001-\u3002\u3005\u300C-\u300F\u3041-\u3096\u30A1-\u30FA\u30FC\u4E00-\u9FFF]+"
+)
+
+
+def _nfkc(text: str) -> str:
+    """``unicodedata.normalize("NFKC", text)``, normalising only the runs that can change."""
+    if text.isascii():
+        return text
+    out: list[str] = []
+    last = 0
+    for m in _NFKC_UNSTABLE.finditer(text):
+        start = max(last, m.start() - 1)  # the character before may compose with the run
+        out.append(text[last:start])
+        out.append(unicodedata.normalize("NFKC", text[start : m.end()]))
+        last = m.end()
+    out.append(text[last:])
+    return "".join(out)
+
+
 def normalise(text: str) -> str:
     """Invisible characters removed, NFKC-folded, homoglyphs mapped to Latin, spaced letters joined."""
-    folded = unicodedata.normalize("NFKC", strip_invisible(text)).translate(_HOMOGLYPHS)
+    folded = _nfkc(strip_invisible(text)).translate(_HOMOGLYPHS)
     if not folded.isascii():
         folded = _SPACED_JA.sub(lambda m: m.group(0).replace(" ", ""), folded)
     if not _SPLIT_HINT.search(folded):  # one scan instead of two: most texts hold neither form

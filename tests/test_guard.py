@@ -347,3 +347,23 @@ def test_lowered_rules_match_what_the_case_insensitive_rules_match():
                 assert [m.span() for m in fast.finditer(lowered)] == expected, (rule, text[:80])
                 compared += 1
     assert compared > 100_000
+
+
+def test_partial_nfkc_equals_nfkc():
+    """normalise() runs NFKC only over the runs that can change (and the character before each); a seeded
+    fuzz over kana, kanji, full-width forms, combining marks, Hangul jamo and compatibility characters finds
+    the same result as NFKC over the whole string."""
+    import random
+    import unicodedata
+
+    from llmops import injection
+
+    codes = [*range(0x20, 0x7F), *range(0x3000, 0x3100), *range(0x4E00, 0x4E20), *range(0xFF00, 0xFFEF)]
+    codes += [*range(0x300, 0x370), 0x3099, 0x309A, 0xAC00, 0x1100, 0x1161, 0x11A8, 0x212B, 0xFB01, 0x2460, 0x3300]
+    codes += [0x00E9, 0x0301, 0x1E9B, 0x0323, 0x0F73, 0xFA10, 0x200B, 0x2028]
+    pool = [chr(c) for c in codes]
+    rng = random.Random(7)
+    for _ in range(20_000):
+        text = "".join(rng.choice(pool) for _ in range(rng.randint(1, 12)))
+        assert injection._nfkc(text) == unicodedata.normalize("NFKC", text), repr(text)
+    assert injection._nfkc("ﾃｽﾄ　１２３が") == unicodedata.normalize("NFKC", "ﾃｽﾄ　１２３が")
