@@ -371,6 +371,8 @@ for _spec in (
         (r"(?<![\d\-])\d{4}[ \-]?\d{4}[ \-]?\d{4}(?![\d\-])",),
         0.95,
         validate=_all(lambda m, _t, _s, _e: my_number_ok(_digits(m)), _context(_MY_NUMBER_CONTEXT)),
+        # the validator needs a context word near the match: without one anywhere, nothing can pass
+        prefilter="(?i:" + "|".join(regex.escape(w) for w in _MY_NUMBER_CONTEXT) + ")",
     ),
     RecognizerSpec(
         "PHONE",
