@@ -35,6 +35,8 @@ from llmops.pii import STRUCTURED, detect, warm_up
 from llmops.policy import GuardPolicy
 
 DATA = Path(__file__).parent / "data"
+# the held-out sets, oldest first: the last is the freshest (never screened before its first run)
+HELD_OUT = (4, 5, 6, 7, 8, 9)
 TARGETS = {"recall": 0.99, "precision": 0.95, "detection": 0.90, "false_positives": 0.02, "p95_ms": 2.0}
 
 
@@ -194,14 +196,19 @@ def main() -> int:
         f"{model.meta['cv_detection']:.3f} / {model.meta['cv_false_alarms']:.3f} (detection / false alarms)"
     )
     held = (0.0, 0.0)
-    for name, label in (
-        ("injection_heldout4.txt", "held-out set 4"),
-        ("injection_heldout5.txt", "held-out set 5"),
-        ("injection_heldout6.txt", "held-out set 6"),
-        ("injection_heldout7.txt", "held-out set 7"),
-    ):
+    caught = false = attacks = legit = 0
+    for n in HELD_OUT:
+        name, label = f"injection_heldout{n}.txt", f"held-out set {n}"
         injection_rates(name, f"{label}, rules only", args.verbose, learned=False)
         held = injection_rates(name, f"{label}, rules + learned layer", args.verbose)
+        pos, neg = load_injection(name)
+        caught, attacks = caught + round(held[0] * len(pos)), attacks + len(pos)
+        false, legit = false + round(held[1] * len(neg)), legit + len(neg)
+    pooled = (caught / attacks, false / legit)
+    print(
+        f"held-out sets {HELD_OUT[0]}-{HELD_OUT[-1]} pooled ({attacks} + {legit}): "
+        f"detection {pooled[0]:.3f}, false positives {pooled[1]:.3f}"
+    )
 
     plain = GuardPolicy()
     warm_up()
@@ -242,13 +249,15 @@ def main() -> int:
         "structured precision": (s["precision"], s["precision"] >= TARGETS["precision"]),
         "injection detection": (detection, detection >= TARGETS["detection"]),
         "injection false positives": (fp_rate, fp_rate <= TARGETS["false_positives"]),
-        "held-out 7 detection": (held[0], held[0] >= TARGETS["detection"]),
-        "held-out 7 false positives": (held[1], held[1] <= TARGETS["false_positives"]),
+        f"held-out {HELD_OUT[-1]} detection": (held[0], held[0] >= TARGETS["detection"]),
+        f"held-out {HELD_OUT[-1]} false positives": (held[1], held[1] <= TARGETS["false_positives"]),
+        "held-out pooled detection": (pooled[0], pooled[0] >= TARGETS["detection"]),
+        "held-out pooled false positives": (pooled[1], pooled[1] <= TARGETS["false_positives"]),
         "guard p95 ms, typical (no names)": (worst_typical, worst_typical <= TARGETS["p95_ms"]),
     }
     print("\ntargets:")
     for name, (value, ok) in results.items():
-        print(f"  {name:28} {value:7.3f}  {'met' if ok else 'MISSED'}")
+        print(f"  {name:32} {value:7.3f}  {'met' if ok else 'MISSED'}")
     accuracy_ok = all(ok for name, (_, ok) in results.items() if "ms" not in name)
     return 0 if accuracy_ok or not args.check else 1
 

@@ -22,7 +22,7 @@ import json
 import math
 import re
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from itertools import accumulate, repeat
 from pathlib import Path
 from typing import Any
@@ -107,26 +107,32 @@ class InjectionModel:
     threshold: float  # a score at or above it flags the text on its own
     meta: dict[str, Any]
     soft_weight: float = 0.0  # added to the score of a text a soft rule hit
+    # weight + idf2·j per feature: one lookup and one running sum give both (real and imaginary parts are
+    # summed separately, in the same order: the same floats as two sums)
+    packed: dict[str, complex] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "packed", {f: complex(w, self.idf2[f]) for f, w in self.weight.items()})
 
     def score(self, text: str) -> float:
         """The decision value (log-odds) of the text's most suspicious window of three sentences, or -inf
         when no window has :data:`MIN_FEATURES` features.
 
         A window's vector holds its features' counts times their idf, scaled by the square root of the
-        summed squared idf of its features (the norm when no feature repeats). Running sums over the
-        text's features make every window two subtractions: each feature is looked up once, however long
-        the text, and the dictionary lookups and sums run in C."""
+        summed squared idf of its features (the norm when no feature repeats). A running sum over the
+        text's features (:attr:`packed`: weight and squared idf as one complex number) makes every window
+        one subtraction: each feature is looked up once, however long the text, and the dictionary lookups
+        and sums run in C."""
         feats, ends = features(text)
         if not feats:
             return -math.inf
-        dots = [0.0, *accumulate(map(self.weight.get, feats, repeat(0.0)))]
-        norms = [0.0, *accumulate(map(self.idf2.get, feats, repeat(0.0)))]
+        sums = [0j, *accumulate(map(self.packed.get, feats, repeat(0j)))]
         starts = [0, *ends[:-1]]
         k = min(len(ends), _WINDOW_SENTENCES)
         windows = [
-            (dots[last] - dots[first]) / math.sqrt(norms[last] - norms[first])
+            d.real / math.sqrt(d.imag)
             for first, last in zip(starts, ends[k - 1 :], strict=False)
-            if last - first >= MIN_FEATURES and norms[last] - norms[first] > 1e-12
+            if last - first >= MIN_FEATURES and (d := sums[last] - sums[first]).imag > 1e-12
         ]
         return max(windows, default=-math.inf) + self.intercept  # -inf: no window long enough to judge
 
