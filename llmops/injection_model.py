@@ -53,6 +53,34 @@ _ENDS = frozenset({".", "!", "?", "。", "\n"})
 _ADDRESS = re.compile(
     r"(?:https?://|www\.)[^\s<>\"')\]]*[^\s<>\"')\].,;:!?]|(?<![\w.+\-])[\w.+\-]+@[\w\-]+(?:\.[\w\-]+)+"
 )
+
+
+def _drop_addresses(text: str) -> str:
+    """``_ADDRESS.sub(" ", text)``, run only over the whitespace-free chunks around ``@``, ``http`` and
+    ``www.``: no address holds whitespace or can be found without one of them, so the rest cannot change
+    (and the regex over a whole 2 KB record cost 0.09 ms)."""
+    chunks: set[tuple[int, int]] = set()
+    for needle in ("@", "http", "www."):
+        i = text.find(needle)
+        while i != -1:
+            start, end = i, i + len(needle)
+            while start > 0 and not text[start - 1].isspace():
+                start -= 1
+            while end < len(text) and not text[end].isspace():
+                end += 1
+            chunks.add((start, end))  # chunks are maximal: two are the same or apart
+            i = text.find(needle, end)
+    if not chunks:
+        return text
+    out: list[str] = []
+    last = 0
+    for start, end in sorted(chunks):
+        out += [text[last:start], _ADDRESS.sub(" ", text[start:end])]
+        last = end
+    out.append(text[last:])
+    return "".join(out)
+
+
 _WINDOW_SENTENCES = 3
 # a window needs this many features to be scored: one or two words say nothing ("AI" alone would score as
 # an attack, "support" as legitimate); short payloads are the rules' to catch
@@ -69,9 +97,7 @@ def features(text: str) -> tuple[list[str], list[int]]:
     feats: list[str] = []
     ends: list[int] = []
     prev = ""
-    lowered = text.lower()
-    if "@" in lowered or "http" in lowered or "www." in lowered:
-        lowered = _ADDRESS.sub(" ", lowered)
+    lowered = _drop_addresses(text.lower())
     for tok in _TOKEN.findall(lowered):
         if tok in _ENDS:
             if feats and (not ends or ends[-1] != len(feats)):

@@ -210,3 +210,19 @@ def test_hostile_inputs_are_read_safely():
     for bad in (float("nan"), float("inf")):
         with pytest.raises(ValidationError):
             GuardPolicy(injection_threshold=bad)
+
+
+def test_addresses_are_dropped_as_the_regex_over_the_whole_text_drops_them():
+    """_drop_addresses runs the address regex only over the whitespace-free chunks around '@', 'http' and
+    'www.'; a seeded fuzz (Unicode whitespace such as U+3000, U+00A0 and U+001C included) and the committed
+    corpora give what the regex over the whole text gives."""
+    import random
+
+    texts, _ = injection_model.read_labelled(sorted((ROOT / "benchmarks/data").glob("injection*.txt")))
+    parts = ["a", "b.", "x@", "@", "http://", "https://", "www.", "ex.com", "/p?q=1", ")", "]", '"', "'", ".", "-"]
+    parts += ["+", "_", " ", "\t", "\n", "\x1c", "\u3000", "\xa0", "é", "日本", "<", ">", ",", "!", ":", "ftp"]
+    rng = random.Random(3)
+    texts += ["".join(rng.choice(parts) for _ in range(rng.randint(1, 14))) for _ in range(20_000)]
+    for text in texts:
+        lowered = text.lower()
+        assert injection_model._drop_addresses(lowered) == injection_model._ADDRESS.sub(" ", lowered), repr(text)
