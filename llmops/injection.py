@@ -225,7 +225,8 @@ _RULES: list[tuple[str, re.Pattern[str]]] = [
             r"content polic(?:y|ies)|safety)|without (?:any )?(?:rules|restrictions|limits|filters|guidelines|"
             r"censorship|ethics|morals))\b"
             r"(?![^.\n]{0,40}\b(?:android|phone|iphone|chrome|extensions?|settings|windows|browser|device|tablet|ide|handheld|"
-            r"console|laptop|router|smartwatch|watch|tv|camera|firmware|bios|car|vehicle)\b)"
+            r"console|laptop|router|smartwatch|watch|tv|camera|firmware|bios|car|vehicle|pixel|galaxy|ipad|macbook|"
+            r"banking app)\b)"
             r"(?![^.\n]{0,12}\b(?:in|on) (?:your |the )?(?:android|phone|iphone|chrome|settings|windows|browser|device))",
             _I,
         ),
@@ -720,7 +721,7 @@ _WRITER_OWNED_JA = re.compile(
 )
 # instructions of a work domain, right before the noun ("出荷指示", "投稿ガイドライン"), or a message that
 # carried them ("指示メール"; not "指示書", which attacks use for the model's instructions)
-_DOMAIN_JA = re.compile(r"(?:出荷|配送|納品|発送|作業|投稿|服薬|投薬|配達|搬入|検品|掲示板)の?$")
+_DOMAIN_JA = re.compile(r"(?:出荷|配送|納品|発送|作業|投稿|服薬|投薬|配達|搬入|検品|掲示板|陳列|売場|清掃)の?$")
 _DOCUMENT_JA = re.compile(r"(?:指示|命令)(?:メール|票)")
 
 
