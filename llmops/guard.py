@@ -30,11 +30,17 @@ __all__ = ["Finding", "GuardVerdict", "detect", "guard_variables", "redact_text"
 
 
 def screen_injection(
-    text: str, *, released: str = "", learned: bool = True, threshold: float | None = None
+    text: str,
+    *,
+    released: str = "",
+    learned: bool = True,
+    threshold: float | None = None,
+    rules_block: bool = False,
 ) -> str | None:
     """The injection rule ``text`` hits, or None; ``released`` is a rule a data owner released, not screened;
-    ``learned``/``threshold`` switch and tune the learned layer (policy ``guard.injection_model``)."""
-    hit = injection.screen(text, released, learned=learned, threshold=threshold)
+    ``learned``/``threshold`` switch and tune the learned layer (policy ``guard.injection_model``);
+    ``rules_block`` makes every rule's hit block outright (policy ``guard.injection_rules_block``)."""
+    hit = injection.screen(text, released, learned=learned, threshold=threshold, rules_block=rules_block)
     return hit.rule if hit else None
 
 
@@ -84,6 +90,7 @@ def _guard(variables: Mapping[str, Any], policy: GuardPolicy, data_class: str, r
                 released=released_rule,
                 learned=policy.injection_model,
                 threshold=policy.injection_threshold,
+                rules_block=policy.injection_rules_block,
             )  # a released rule only: the others still block
             if rule:
                 return GuardVerdict("block", {}, rule=rule)

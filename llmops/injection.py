@@ -1017,33 +1017,36 @@ def _hits(norm: str, released: str) -> tuple[Hit | None, Hit | None]:
 
 
 @functools.lru_cache(maxsize=2048)
-def screen(text: str, released: str = "", *, learned: bool = True, threshold: float | None = None) -> Hit | None:
+def screen(
+    text: str, released: str = "", *, learned: bool = True, threshold: float | None = None, rules_block: bool = False
+) -> Hit | None:
     """The injection rule the text hits, or None. ``released`` names a rule a data owner released for this
     record: the rules of its family are not applied, every other one is.
 
-    A rule's hit in any view of the text (as written, leetspeak read as letters, decoded payloads) blocks,
-    except a soft rule's (:data:`SOFT_RULES`): that is evidence for the learned layer
-    (:mod:`llmops.injection_model`) when it is on — the model's ``soft_weight`` is added to the layer's score
-    of the normalised text, which flags the text at or above ``threshold`` (default: the model's own),
-    reported as the soft rule, or ``injection.learned`` without one. A soft hit blocks on its own where the
-    layer is off, the record was released (the layer does not judge a reviewed record) or the text is too
-    short to score. A learned score never overrules a blocking rule: an attacker who pads a payload with
-    benign text must not get a rule hit waived. A model that cannot be read raises, and the guard blocks the
-    record (fail closed)."""
+    Rules are applied to every view of the text (as written, leetspeak read as letters, decoded payloads).
+    With the learned layer on (:mod:`llmops.injection_model`), a rule's hit is evidence: the model's
+    ``rule_weight`` (a soft rule's, :data:`SOFT_RULES`: ``soft_weight``) is added to the layer's score of
+    the normalised text, which flags the text at or above ``threshold`` (default: the model's own) — reported
+    as the rule, or ``injection.learned`` without one. A model whose ``rule_weight`` is None lets every
+    non-soft rule block outright, and so does ``rules_block`` (policy ``guard.injection_rules_block``). A
+    rule's hit blocks on its own where the layer is off, the record was released (the layer does not judge a
+    reviewed record) or the text is too short to score. A model that
+    cannot be read raises, and the guard blocks the record (fail closed)."""
     if not text or not text.strip():
         return None
     norm = normalise(text)
     hard, soft = _hits(norm, released)
-    if hard is not None:
-        return hard
     if not learned or released:  # a reviewer's release of an injection verdict covers this layer's too
-        return soft
+        return hard or soft
     model = injection_model.load()
+    if hard is not None and (rules_block or model.rule_weight is None):
+        return hard
     score = model.score(prose(norm))
-    if soft is not None and score == -math.inf:
-        return soft  # too short for the layer to judge: the rule's word stands
-    if score + (model.soft_weight if soft else 0.0) >= (model.threshold if threshold is None else threshold):
-        return soft or Hit(LEARNED, "text")
+    if score == -math.inf:
+        return hard or soft  # too short for the layer to judge: a rule's word stands
+    evidence = (model.rule_weight or 0.0 if hard else 0.0) + (model.soft_weight if soft else 0.0)
+    if score + evidence >= (model.threshold if threshold is None else threshold):
+        return hard or soft or Hit(LEARNED, "text")
     return None
 
 

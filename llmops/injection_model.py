@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 MODEL_PATH = Path(__file__).with_name("injection_model.json")
-FORMAT = "llmops-injection-linear/2"  # /2: soft_weight
+FORMAT = "llmops-injection-linear/3"  # /2: soft_weight; /3: rule_weight
 # inverse regularisation and the fewest training lines a feature must occur in: the best cross-validated
 # detection at 2 % false alarms on 7,539 lines among C 8-64 and min_df 1-8 (min_df 3 also keeps 18k features of
 # 104k: rarer ones were noise — detection 0.800 with all of them — and the smaller tables score faster)
@@ -38,6 +38,8 @@ TARGET_FALSE_ALARMS = 0.02
 # what a soft rule's hit (:data:`llmops.injection.SOFT_RULES`) may add to the learned score; training keeps
 # the one with the best cross-validated detection at the false-alarm budget
 SOFT_WEIGHTS = (0.0, 0.5, 1.0, 2.0, 3.0)
+# what any other rule's hit adds; None: the rule blocks outright (first: a tie goes to the safer choice)
+RULE_WEIGHTS: tuple[float | None, ...] = (None, 8.0, 6.0, 5.0, 4.0, 3.0)
 
 # markup tags whole (``<system>``, ``</user>``, ``<|im_start|>``, ``[INST]``), words, Japanese runs, runs of
 # markup symbols, and sentence ends (a full stop before a space, a Japanese full stop, a line break) as
@@ -133,6 +135,7 @@ class InjectionModel:
     threshold: float  # a score at or above it flags the text on its own
     meta: dict[str, Any]
     soft_weight: float = 0.0  # added to the score of a text a soft rule hit
+    rule_weight: float | None = None  # added to the score of a text any other rule hit; None: the rule blocks
     # weight + idf2·j per feature: one lookup and one running sum give both (real and imaginary parts are
     # summed separately, in the same order: the same floats as two sums)
     packed: dict[str, complex] = field(init=False, repr=False, compare=False)
@@ -170,6 +173,7 @@ class InjectionModel:
             "intercept": self.intercept,
             "threshold": self.threshold,
             "soft_weight": self.soft_weight,
+            "rule_weight": self.rule_weight,
             "meta": self.meta,
             "vocabulary": {f: [round(idf[f], 6), round(coef[f], 6)] for f in sorted(idf)},
         }
@@ -185,6 +189,7 @@ class InjectionModel:
             intercept=float(data["intercept"]),
             threshold=float(data["threshold"]),
             soft_weight=float(data["soft_weight"]),
+            rule_weight=None if data["rule_weight"] is None else float(data["rule_weight"]),
             meta=dict(data.get("meta", {})),
         )
 
@@ -281,27 +286,29 @@ def train(
         for i in te:
             scores[i] = fold_model.score(texts[i])
     found = [injection.rule_hits(t) for t in [*raw, *extra]]
-    blocking = np.array([hard is not None for hard, _ in found])
-    soft = np.array([hard is None and hit is not None for hard, hit in found])
-    rules = blocking | (soft & ~np.isfinite(scores))  # what blocks whatever the layer says
+    hard = np.array([rule is not None for rule, _ in found])
+    soft = np.array([hit is not None for _, hit in found])
+    short = (hard | soft) & ~np.isfinite(scores)  # too short to score: a rule's hit blocks
     legit = (y == 0) & labelled
     attacks = (y == 1) & labelled
-    budget = max(false_alarms * legit.sum() - rules[legit].sum(), false_alarms / 4 * legit.sum())
-    best: tuple[float, float, float] | None = None  # detection, weight, threshold
-    for w in SOFT_WEIGHTS:
-        boosted = scores + w * soft
-        # the layer's own false alarms among legitimate lines the rules pass, highest score first
-        layer_only = np.sort(boosted[legit & ~rules & np.isfinite(boosted)])[::-1]  # -inf: too short to score
-        if not len(layer_only):
-            raise ValueError("no legitimate line is long enough to score (8 features): add longer ones")
-        k = int(budget)
-        th = float(np.nextafter(layer_only[k], np.inf)) if k < len(layer_only) else float(layer_only[-1])
-        detection = float((rules | (boosted >= th))[attacks].mean())
-        if best is None or detection >= best[0]:  # a tie goes to the larger weight
-            best = (detection, w, th)
+    best: tuple[float, float | None, float, float, Any] | None = None  # detection, weights, threshold, flagged
+    for rule_w in RULE_WEIGHTS:
+        always = short | hard if rule_w is None else short
+        budget = max(false_alarms * legit.sum() - always[legit].sum(), false_alarms / 4 * legit.sum())
+        for soft_w in SOFT_WEIGHTS:
+            boosted = scores + (0.0 if rule_w is None else rule_w) * hard + soft_w * soft
+            # the layer's own false alarms among legitimate lines not blocked outright, highest score first
+            layer_only = np.sort(boosted[legit & ~always & np.isfinite(boosted)])[::-1]  # -inf: too short
+            if not len(layer_only):
+                raise ValueError("no legitimate line is long enough to score (8 features): add longer ones")
+            k = int(budget)
+            th = float(np.nextafter(layer_only[k], np.inf)) if k < len(layer_only) else float(layer_only[-1])
+            flagged_w = always | (boosted >= th)
+            detection = float(flagged_w[attacks].mean())
+            if best is None or detection > best[0] + 1e-9 or (abs(detection - best[0]) <= 1e-9 and rule_w == best[1]):
+                best = (detection, rule_w, soft_w, th, flagged_w)  # a tie keeps the safer rule weight, larger soft
     assert best is not None
-    _, weight, threshold = best
-    flagged = rules | (scores + weight * soft >= threshold)
+    _, rule_weight, weight, threshold, flagged = best
     background_flagged = float(flagged[~labelled].mean()) if len(extra) else 0.0
     model = fit(texts, y)
     return InjectionModel(
@@ -310,6 +317,7 @@ def train(
         intercept=model.intercept,
         threshold=threshold,
         soft_weight=weight,
+        rule_weight=rule_weight,
         meta={
             "files": [p.name for p in paths],
             "background": [p.name for p in background],
@@ -322,9 +330,13 @@ def train(
             "cv_detection": round(float(flagged[attacks].mean()), 4),
             "cv_false_alarms": round(float(flagged[legit].mean()), 4),
             "cv_background_false_alarms": round(background_flagged, 4),
-            "cv_rules_detection": round(float(blocking[attacks].mean()), 4),
-            "cv_rules_false_alarms": round(float(blocking[legit].mean()), 4),
-            "cv_soft_detection": round(float(soft[attacks].mean()), 4),
-            "cv_soft_false_alarms": round(float(soft[legit].mean()), 4),
+            "cv_rules_detection": round(float(hard[attacks].mean()), 4),
+            "cv_rules_false_alarms": round(float(hard[legit].mean()), 4),
+            "cv_soft_detection": round(float((soft & ~hard)[attacks].mean()), 4),
+            "cv_soft_false_alarms": round(float((soft & ~hard)[legit].mean()), 4),
+            # rule hits the layer's score waived (none when rule_weight is None): attacks let through, and
+            # legitimate lines spared
+            "cv_rule_hits_waived_attacks": int((hard & ~flagged)[attacks].sum()),
+            "cv_rule_hits_waived_legitimate": int((hard & ~flagged)[legit].sum()),
         },
     )

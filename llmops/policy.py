@@ -155,6 +155,11 @@ class GuardPolicy(_Strict):
         allow_inf_nan=False,  # NaN would never block (every comparison is False): fail closed, refuse it
         description="the learned layer's decision value to block at; default: the shipped model's",
     )
+    injection_rules_block: bool = Field(
+        default=False,
+        description="every injection rule's hit blocks outright; default: a hit is strong evidence the learned "
+        "layer weighs (the model's rule_weight), so documentation and reports that quote an attack can pass",
+    )
     restore_placeholders: bool = False
     ja_name_pipeline: bool = Field(default=False, description="Japanese person names through ja-ginza (extra 'ja')")
     data_classes: dict[DataClass, DataClassRule] = Field(default_factory=dict)

@@ -226,3 +226,23 @@ def test_addresses_are_dropped_as_the_regex_over_the_whole_text_drops_them():
     for text in texts:
         lowered = text.lower()
         assert injection_model._drop_addresses(lowered) == injection_model._ADDRESS.sub(" ", lowered), repr(text)
+
+
+def test_rule_hits_are_weighed_and_the_strict_policy_blocks_them():
+    """A rule's hit adds the model's rule_weight to the learned score: legitimate lines that quote or
+    document an attack (the training sets' hard negatives) can pass, attacks with a rule hit still block;
+    guard.injection_rules_block makes every rule's hit block outright, and so does a layer switched off."""
+    model = injection_model.load()
+    assert model.rule_weight is not None and model.rule_weight > 0
+    texts, labels = injection_model.read_labelled(sorted(DATA.glob("injection_train*.txt")))
+    hit_legit = [t for t, y in zip(texts, labels, strict=True) if not y and injection.rule_hits(t)[0]]
+    hit_attacks = [t for t, y in zip(texts, labels, strict=True) if y and injection.rule_hits(t)[0]]
+    spared = [t for t in hit_legit if injection.screen(t) is None]
+    assert len(spared) >= 0.5 * len(hit_legit)
+    assert sum(injection.screen(t) is not None for t in hit_attacks) >= 0.99 * len(hit_attacks)
+    strict = GuardPolicy(injection_rules_block=True)
+    for text in spared[:20]:
+        verdict = guard_variables({"body": text}, strict)
+        assert verdict.action == "block" and verdict.rule == injection.rule_hits(text)[0].rule
+        assert guard_variables({"body": text}, GuardPolicy(injection_model=False)).action == "block"
+        assert guard_variables({"body": text}, GuardPolicy()).rule is None
