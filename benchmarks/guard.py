@@ -126,16 +126,20 @@ def two_kb_records(records: list[dict[str, Any]], lang: str, n: int, pii_per_rec
     return out
 
 
-def timing(texts: list[str], policy: GuardPolicy) -> tuple[float, float]:
-    """CPU time (process_time) per record in ms: p50, p95. CPU time, not wall time, so that other work on
-    a shared machine does not count against the guard."""
-    injection.screen.cache_clear()  # a text screened by an earlier row must be screened again
-    times = []
-    for t in texts:
-        start = time.process_time()
-        guard_variables({"body": t}, policy)
-        times.append((time.process_time() - start) * 1e3)
-    times.sort()
+def timing(texts: list[str], policy: GuardPolicy, repeat: int = 3) -> tuple[float, float]:
+    """CPU time (process_time) per record in ms: p50, p95 over the records of each record's best of
+    ``repeat`` passes over all of them. CPU time, not wall time, and the best of passes a second or more
+    apart, so that other tenants of a shared machine (whose bursts slow the CPU a process gets, not only its
+    share) do not count against the guard; each run screens the record afresh (the screening cache is
+    cleared before it)."""
+    best = [float("inf")] * len(texts)
+    for _ in range(repeat):
+        for i, t in enumerate(texts):
+            injection.screen.cache_clear()  # a text screened before must be screened again
+            start = time.process_time()
+            guard_variables({"body": t}, policy)
+            best[i] = min(best[i], time.process_time() - start)
+    times = sorted(b * 1e3 for b in best)
     return statistics.median(times), times[int(0.95 * (len(times) - 1))]
 
 
@@ -213,7 +217,7 @@ def main() -> int:
     plain = GuardPolicy()
     warm_up()
     guard_variables({"body": "warm-up bob@example.com 090-1234-5678"}, plain)  # anonymizer, lazy imports
-    print(f"\nguard CPU time per 2 KB record ({args.records} records per row, after warm-up):")
+    print(f"\nguard CPU time per 2 KB record ({args.records} records per row, best of 3 passes, after warm-up):")
     worst_typical = 0.0
     for label, density in (("typical (3 PII values)", 3), ("dense (~25 PII values)", None)):
         for lang, name in (("en", "English"), ("ja", "Japanese")):
