@@ -1,8 +1,9 @@
 """The guard stage: injection screening and PII redaction of a record's template variables, before
 anything leaves the process.
 
-* Injection (:mod:`llmops.injection`): any string variable that hits a rule — or that the learned layer flags,
-  with a soft rule's evidence or without — blocks the record.
+* Injection (:mod:`llmops.injection`): a string variable the screening flags blocks the record — a rule's hit
+  the learned layer confirms (or any hit, with the layer off or ``guard.injection_rules_block``), a hit in a
+  decoded or leetspeak view, or a text the layer flags on its own.
 * PII (:mod:`llmops.pii`, Presidio analyzer): per type the policy says redact, block or allow — with
   the record's data class able to tighten it (``guard.data_classes``: per-class overrides and mandatory
   redaction). Redaction uses Presidio's anonymizer to put typed placeholders (``<EMAIL_1>``) in place,

@@ -50,7 +50,7 @@ _HOMOGLYPHS = str.maketrans(
         "Α": "A", "Β": "B", "Ε": "E", "Ζ": "Z", "Η": "H", "Ι": "I", "Κ": "K", "Μ": "M", "Ν": "N", "Ο": "O",
         "Ρ": "P", "Τ": "T", "Υ": "Y", "Χ": "X",
         # Latin extensions and symbols that read as ASCII
-        "ı": "i", "ȷ": "j", "ℓ": "l", "∣": "l", "ǀ": "l", "ᴀ": "a", "ʀ": "r", "ꜱ": "s",
+        "ı": "i", "İ": "I", "ȷ": "j", "ℓ": "l", "∣": "l", "ǀ": "l", "ᴀ": "a", "ʀ": "r", "ꜱ": "s",
     }
 )  # fmt: skip
 _LEET = str.maketrans({"0": "o", "1": "i", "3": "e", "4": "a", "5": "s", "7": "t", "@": "a", "$": "s", "!": "i"})
@@ -453,6 +453,8 @@ _QUOTES = {'"': '"', "'": "'", "“": "”", "‘": "’", "「": "」", "『": 
 class Hit:
     rule: str
     view: str  # "text", "leet" or "decoded"
+    start: int = 0  # where in the view the rule matched (an intent rule: its sentence)
+    end: int = 0
 
 
 def _apostrophe(text: str, i: int) -> bool:
@@ -585,10 +587,10 @@ _WRITER_OWNED = re.compile(r"\b(?:my|our|his|her|their|the customer's)\s+(?:\w+\
 # instructions with — "safety", "formatting", "content" or "output" are not here.
 _DOMAIN = (
     r"dietary|diet|dosing|dosage|medication|delivery|shipping|shipment|jury|washing|laundry|assembly|installation|"
-    r"posting|cleaning|packing|handling|feeding|boarding|evacuation|parking|loading|pickup|wiring|mounting|storage|"
-    r"cooking|baking|watering|driving|care|wound care|aftercare|discharge|fasting"
+    r"posting|cleaning|packing|feeding|boarding|evacuation|parking|pickup|wiring|mounting|cooking|baking|watering|"
+    r"driving|wound care|aftercare|discharge|fasting"
 )
-_DOMAIN_OWNED = re.compile(r"\b(?:" + _DOMAIN + r")\s+$")
+_DOMAIN_OWNED = re.compile(r"(?<!your )\b(?:" + _DOMAIN + r")\s+$")  # "your delivery instructions" stays the model's
 _DOMAIN_NOUN = re.compile(
     r"\b(?:" + _DOMAIN + r")\s+(?:instructions?|rules|directions|directives|guidelines|guidance)\W*$", re.I
 )
@@ -722,6 +724,7 @@ _WRITER_OWNED_JA = re.compile(
 # instructions of a work domain, right before the noun ("出荷指示", "投稿ガイドライン"), or a message that
 # carried them ("指示メール"; not "指示書", which attacks use for the model's instructions)
 _DOMAIN_JA = re.compile(r"(?:出荷|配送|納品|発送|作業|投稿|服薬|投薬|配達|搬入|検品|掲示板|陳列|売場|清掃)の?$")
+_JA_SENTENCE_START = re.compile(r"[。！？!?\n]")  # an owner counts within the noun's own sentence only
 _DOCUMENT_JA = re.compile(r"(?:指示|命令)(?:メール|票)")
 
 
@@ -777,7 +780,7 @@ def _intent_text(text: str) -> str | None:
                 kept := [
                     x
                     for x in xs
-                    if not _WRITER_OWNED_JA.search(text[max(0, x - 14) : x])
+                    if not _WRITER_OWNED_JA.search(_JA_SENTENCE_START.split(text[max(0, x - 14) : x])[-1])
                     and not _DOMAIN_JA.search(text[max(0, x - 4) : x])
                     and not _DOCUMENT_JA.match(text, x)
                 ]
@@ -904,6 +907,13 @@ _LOWERED: list[re.Pattern[str] | None] = [
 
 
 def _match(text: str, released: str = "") -> str | None:
+    """The first rule the (normalised) text hits, or None."""
+    found = _find(text, released)
+    return found[0] if found else None
+
+
+def _find(text: str, released: str = "") -> tuple[str, int, int] | None:
+    """The first rule the (normalised) text hits and where: the match, or an intent rule's sentence."""
     lowered = text.lower()
     same_offsets = len(lowered) == len(text)
     ascii_only = text.isascii()
@@ -931,15 +941,21 @@ def _match(text: str, released: str = "") -> str | None:
                 continue  # "ignore the previous version of this policy": a document, not the model's rules
             if rule == "injection.override_ja" and _DOMAIN_JA.search(text, max(0, m.start() - 4), m.start()):
                 continue  # "古い投稿ガイドラインは無視して": the forum's guidelines
-            if rule == "injection.override" and _DOMAIN_NOUN.search(m.group(0)):
+            if rule == "injection.override" and _DOMAIN_NOUN.search(m.group(0)) and "your" not in m.group(0):
                 continue  # "disregard any prior dietary instructions": a person's instructions
             if rule == "injection.extraction" and _THIRD_PERSON_TARGET.search(m.group(0)):
                 continue  # "asking the model to reveal its system prompt": about a model, not to it
-            return rule
-    intent = _intent_text(_mask_reported(text))
+            return rule, m.start(), m.end()
+    masked = _mask_reported(text)
+    intent = _intent_text(masked)
     if intent == "injection.intent_extraction" and _THIRD_PERSON.search(text) and not _YOUR.search(text):
         return None  # "tricked into revealing its system prompt": a report about a model, not an order to it
-    return None if intent is None or family(intent) == skip else intent
+    if intent is None or family(intent) == skip:
+        return None
+    for sentence in _SENTENCE.finditer(masked):  # the intent rules judge a sentence at a time
+        if _intent_text(sentence.group(0)) == intent:
+            return intent, sentence.start(), sentence.end()
+    return intent, 0, len(text)
 
 
 _QUOTE_CHARS = re.compile("[" + re.escape("".join(_QUOTES)) + "]")
@@ -1008,11 +1024,11 @@ def _hits(norm: str, released: str) -> tuple[Hit | None, Hit | None]:
         views.append((norm.translate(_LEET), "leet"))
     views += [(normalise(view), "decoded") for view in _decoded_views(norm)]
     for view, name in views:
-        rule = _match(view, released)
-        if rule and not is_soft(rule):
-            return Hit(rule, name), soft
-        if rule and soft is None:
-            soft = Hit(rule, name)
+        found = _find(view, released)
+        if found and not is_soft(found[0]):
+            return Hit(found[0], name, found[1], found[2]), soft
+        if found and soft is None:
+            soft = Hit(found[0], name, found[1], found[2])
     return None, soft
 
 
@@ -1024,29 +1040,37 @@ def screen(
     record: the rules of its family are not applied, every other one is.
 
     Rules are applied to every view of the text (as written, leetspeak read as letters, decoded payloads).
-    With the learned layer on (:mod:`llmops.injection_model`), a rule's hit is evidence: the model's
-    ``rule_weight`` (a soft rule's, :data:`SOFT_RULES`: ``soft_weight``) is added to the layer's score of
-    the normalised text, which flags the text at or above ``threshold`` (default: the model's own) — reported
-    as the rule, or ``injection.learned`` without one. A model whose ``rule_weight`` is None lets every
-    non-soft rule block outright, and so does ``rules_block`` (policy ``guard.injection_rules_block``). A
-    rule's hit blocks on its own where the layer is off, the record was released (the layer does not judge a
-    reviewed record) or the text is too short to score. A model that
-    cannot be read raises, and the guard blocks the record (fail closed)."""
+    A hit in a leetspeak or decoded view blocks outright (the payload was hidden). With the learned layer on
+    (:mod:`llmops.injection_model`), a hit in the text as written is evidence: the model's ``rule_weight``
+    (a soft rule's, :data:`SOFT_RULES`: ``soft_weight``) is added to the layer's score of the sentences
+    around the hit — not of the whole record, so ordinary sentences around a payload do not dilute it — and
+    the text is blocked, reported as the rule, when the sum reaches the model's threshold. A hit whose
+    sentences are too short to score blocks outright. Independently the layer scores the whole record and
+    flags it at or above ``threshold`` (default: the model's own; the policy's value moves this decision
+    only) as the rule, or ``injection.learned`` without one. A model whose ``rule_weight`` is None, and
+    ``rules_block`` (policy ``guard.injection_rules_block``), let every hit block outright; so do a layer
+    switched off and a released record (the layer does not judge a reviewed record). A model that cannot be
+    read raises, and the guard blocks the record (fail closed)."""
     if not text or not text.strip():
         return None
     norm = normalise(text)
     hard, soft = _hits(norm, released)
     if not learned or released:  # a reviewer's release of an injection verdict covers this layer's too
         return hard or soft
+    if hard is not None and hard.view != "text":
+        return hard
     model = injection_model.load()
     if hard is not None and (rules_block or model.rule_weight is None):
         return hard
-    score = model.score(prose(norm))
-    if score == -math.inf:
-        return hard or soft  # too short for the layer to judge: a rule's word stands
-    evidence = (model.rule_weight or 0.0 if hard else 0.0) + (model.soft_weight if soft else 0.0)
-    if score + evidence >= (model.threshold if threshold is None else threshold):
+    if soft is not None and soft.view != "text":
+        return soft
+    if model.score(prose(norm)) >= (model.threshold if threshold is None else threshold):
         return hard or soft or Hit(LEARNED, "text")
+    for hit, weight in ((hard, model.rule_weight), (soft, model.soft_weight)):
+        if hit is not None and weight is not None:
+            local = model.score(injection_model.sentences_around(norm, hit.start, hit.end))
+            if local == -math.inf or local + weight >= model.threshold:
+                return hit  # too short to judge: the rule's word stands
     return None
 
 

@@ -120,6 +120,22 @@ def features(text: str) -> tuple[list[str], list[int]]:
     return feats, ends
 
 
+_SENTENCE_END = re.compile(r"[.!?](?=\s|\Z)|[。\n]")  # the sentence ends of _TOKEN
+
+
+def sentences_around(text: str, start: int, end: int) -> str:
+    """The sentences of ``text`` that hold ``text[start:end]`` (sentence ends as :func:`features` sees them):
+    what a rule's hit is judged by, so that ordinary sentences around a payload do not dilute it."""
+    first, last = 0, len(text)
+    for m in _SENTENCE_END.finditer(text):
+        if m.end() <= start:
+            first = m.end()
+        elif m.start() >= max(end - 1, start):
+            last = m.end()
+            break
+    return text[first:last]
+
+
 def text_features(text: str) -> list[str]:
     """The training analyzer: every feature of the text, as often as it occurs."""
     return features(text)[0]
@@ -183,6 +199,15 @@ class InjectionModel:
         if data.get("format") != FORMAT:
             raise ValueError(f"not an injection model of format {FORMAT}: {data.get('format')!r}")
         vocab: dict[str, list[float]] = data["vocabulary"]
+        numbers = [data["intercept"], data["threshold"], data["soft_weight"]]
+        numbers += [v for pair in vocab.values() for v in pair]
+        if data["rule_weight"] is not None:
+            numbers.append(data["rule_weight"])
+        # NaN or infinite numbers (which Python's json reads) would make comparisons false: refuse the model
+        if not all(isinstance(v, int | float) and math.isfinite(v) for v in numbers):
+            raise ValueError("injection model holds a number that is not finite")
+        if data["soft_weight"] < 0 or (data["rule_weight"] is not None and data["rule_weight"] < 0):
+            raise ValueError("injection model's rule weights must not be negative")
         return cls(
             weight={f: idf * coef for f, (idf, coef) in vocab.items()},
             idf2={f: idf * idf for f, (idf, _coef) in vocab.items()},
@@ -253,13 +278,14 @@ def train(
 ) -> InjectionModel:
     """Train on labelled files and set the threshold from ``folds``-fold cross-validated scores.
 
-    The rules always block what they hit (a learned score never overrules them); the learned layer adds what
-    they miss. The soft rules (:data:`llmops.injection.SOFT_RULES`: the override intent catches paraphrases
-    but also reports and hand-over notes that talk about ignoring instructions) are evidence for the layer
-    instead: their hit adds ``soft_weight`` to the score (chosen from :data:`SOFT_WEIGHTS` by cross-validated
-    detection), and blocks on its own only where the layer is off or the text is too short to score. The threshold is
-    the lowest at which the rules and the layer together flag at most ``false_alarms`` of the legitimate
-    lines, cross-validated; where the rules alone flag more, the layer may add at most a quarter of the
+    A rule's hit in the text as written is evidence: ``rule_weight`` (a soft rule's,
+    :data:`llmops.injection.SOFT_RULES`: ``soft_weight``) is added to the score of the sentences around the
+    hit (as :func:`llmops.injection.screen` weighs it); a hit in a decoded or leetspeak view, or in sentences
+    too short to score, blocks outright, and so does every hit when ``rule_weight`` is None. The weights are
+    chosen from :data:`RULE_WEIGHTS` and :data:`SOFT_WEIGHTS` by cross-validated detection at the false-alarm
+    budget (a tie keeps the stricter rule weight); the detection with every hit blocking is kept in ``meta``.
+    The threshold is the lowest at which the rules and the layer together flag at most ``false_alarms`` of the
+    legitimate lines, cross-validated; where the rules alone flag more, the layer may add at most a quarter of the
     budget. The rates at that threshold are kept in ``meta``.
 
     ``background`` files hold ordinary legitimate text (``- `` lines): it trains the weights — without it
@@ -277,37 +303,55 @@ def train(
     extra, extra_labels = read_labelled(background)
     if any(extra_labels):
         raise ValueError("background files hold legitimate text only ('- ' lines)")
-    texts = [injection.prose(injection.normalise(t)) for t in [*raw, *extra]]  # what screen() scores
+    norms = [injection.normalise(t) for t in [*raw, *extra]]
+    texts = [injection.prose(n) for n in norms]  # what screen() scores
     y = np.array([*labels, *extra_labels])
     labelled = np.arange(len(y)) < len(raw)
+    found = [injection.rule_hits(t) for t in [*raw, *extra]]
+    # what screen() weighs a hit in the text as written by: the sentences around it
+    around = [
+        [sentences_around(n, hit.start, hit.end) if hit is not None and hit.view == "text" else None for hit in pair]
+        for n, pair in zip(norms, found, strict=True)
+    ]
     scores = np.zeros(len(y))
+    local = np.full((len(y), 2), -np.inf)  # the hard and the soft hit's sentences, out of fold
     for tr, te in StratifiedKFold(folds, shuffle=True, random_state=seed).split(texts, y):
         fold_model = fit([texts[i] for i in tr], y[tr])
         for i in te:
             scores[i] = fold_model.score(texts[i])
-    found = [injection.rule_hits(t) for t in [*raw, *extra]]
+            for j, part in enumerate(around[i]):
+                if part is not None:
+                    local[i, j] = fold_model.score(part)
     hard = np.array([rule is not None for rule, _ in found])
     soft = np.array([hit is not None for _, hit in found])
-    short = (hard | soft) & ~np.isfinite(scores)  # too short to score: a rule's hit blocks
+    hidden = np.array([any(h is not None and h.view != "text" for h in pair) for pair in found])
+    # blocked whatever the layer says: a hit in a decoded or leetspeak view, or in sentences too short to score
+    short = hidden | (hard & ~np.isfinite(local[:, 0])) | (soft & ~np.isfinite(local[:, 1]))
     legit = (y == 0) & labelled
     attacks = (y == 1) & labelled
     best: tuple[float, float | None, float, float, Any] | None = None  # detection, weights, threshold, flagged
+    outright: tuple[float, float] | None = None  # detection and false alarms when every hit blocks
     for rule_w in RULE_WEIGHTS:
         always = short | hard if rule_w is None else short
         budget = max(false_alarms * legit.sum() - always[legit].sum(), false_alarms / 4 * legit.sum())
         for soft_w in SOFT_WEIGHTS:
-            boosted = scores + (0.0 if rule_w is None else rule_w) * hard + soft_w * soft
-            # the layer's own false alarms among legitimate lines not blocked outright, highest score first
-            layer_only = np.sort(boosted[legit & ~always & np.isfinite(boosted)])[::-1]  # -inf: too short
-            if not len(layer_only):
+            # a line's decision value: the whole text's score, or a hit's sentences' score plus its weight
+            value = np.maximum(scores, np.where(soft, local[:, 1] + soft_w, -np.inf))
+            if rule_w is not None:
+                value = np.maximum(value, np.where(hard, local[:, 0] + rule_w, -np.inf))
+            # the false alarms among legitimate lines not blocked outright, highest value first
+            candidates = np.sort(value[legit & ~always & np.isfinite(value)])[::-1]  # -inf: too short
+            if not len(candidates):
                 raise ValueError("no legitimate line is long enough to score (8 features): add longer ones")
             k = int(budget)
-            th = float(np.nextafter(layer_only[k], np.inf)) if k < len(layer_only) else float(layer_only[-1])
-            flagged_w = always | (boosted >= th)
+            th = float(np.nextafter(candidates[k], np.inf)) if k < len(candidates) else float(candidates[-1])
+            flagged_w = always | (value >= th)
             detection = float(flagged_w[attacks].mean())
+            if rule_w is None and (outright is None or detection > outright[0]):
+                outright = (detection, float(flagged_w[legit].mean()))
             if best is None or detection > best[0] + 1e-9 or (abs(detection - best[0]) <= 1e-9 and rule_w == best[1]):
                 best = (detection, rule_w, soft_w, th, flagged_w)  # a tie keeps the safer rule weight, larger soft
-    assert best is not None
+    assert best is not None and outright is not None
     _, rule_weight, weight, threshold, flagged = best
     background_flagged = float(flagged[~labelled].mean()) if len(extra) else 0.0
     model = fit(texts, y)
@@ -338,5 +382,10 @@ def train(
             # legitimate lines spared
             "cv_rule_hits_waived_attacks": int((hard & ~flagged)[attacks].sum()),
             "cv_rule_hits_waived_legitimate": int((hard & ~flagged)[legit].sum()),
+            "cv_rule_hits_attacks": int(hard[attacks].sum()),
+            "cv_rule_hits_legitimate": int(hard[legit].sum()),
+            # the same training run with every rule hit blocking outright (RULE_WEIGHTS' None)
+            "cv_detection_rules_block": round(outright[0], 4),
+            "cv_false_alarms_rules_block": round(outright[1], 4),
         },
     )
