@@ -438,7 +438,7 @@ _RULES: list[tuple[str, re.Pattern[str]]] = [
 
 _REPORTING = re.compile(
     r"\b(?:wrote|writes|said|says|typed|sent|posted|contained|contains|included|pasted|reported|received|"
-    r"message|ticket|email|comment|phrase|strings?|text|payload|examples?|attempt|like|reads|posting|typing|"
+    r"message|ticket|email|comment|phrase|strings?|text|payload|examples?|attempt|like|reads|posting|typing|types|"
     r"replies|messages like|asks?|asked|demands?|demanded|requested|feedback|forwarded|"
     r"such as|containing|embedded|planted)\b|e\.g\.|という|と書|と送|と入力|と投稿|"
     r"と聞|と返|とリプ|本文が|例[:：]|原文|叫|攻撃文|"
@@ -866,7 +866,7 @@ def family(rule: str) -> str:
 # words that mark chat-template markup as documented or reported, not used
 _DOCUMENTED = re.compile(
     r"chatml|tokeni[sz]er|special tokens?|\bregex|saniti[sz]|fine-?tun|training data|llama[- ]?2|red[- ]team|"
-    r"chat_template|unit test|blocklist|文字列|\bprompt=|特殊トークン|"
+    r"chat_template|unit test|blocklist|文字列|\bprompt=|特殊トークン|\bdef \w+\(|\breturn f[\"']|"
     r"学習データ|トークナイザ|正規表現|レッドチーム|演習|ファインチューニング|形式では",
     re.I,
 )
