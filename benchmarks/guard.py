@@ -18,7 +18,6 @@ import argparse
 import json
 import os
 import random
-import re
 import statistics
 import sys
 import time
@@ -45,12 +44,11 @@ def load_pii() -> list[dict[str, Any]]:
 
 
 def load_injection(name: str = "injection.txt") -> tuple[list[str], list[str]]:
-    pos, neg = [], []
-    for line in (DATA / name).read_text(encoding="utf-8").splitlines():
-        if line.startswith(("+ ", "- ")):
-            text = re.sub(r"\\u([0-9a-fA-F]{4})", lambda m: chr(int(m.group(1), 16)), line[2:]).replace("\\n", "\n")
-            (pos if line[0] == "+" else neg).append(text)
-    return pos, neg
+    """The attacks and the legitimate lines of one labelled set (read as the training reads them)."""
+    texts, labels = injection_model.read_labelled([DATA / name])
+    return [t for t, y in zip(texts, labels, strict=True) if y], [
+        t for t, y in zip(texts, labels, strict=True) if not y
+    ]
 
 
 def pii_scores(records: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
@@ -143,8 +141,9 @@ def timing(texts: list[str], policy: GuardPolicy, repeat: int = 3) -> tuple[floa
     return statistics.median(times), times[int(0.95 * (len(times) - 1))]
 
 
-def injection_rates(name: str, label: str, verbose: bool, *, learned: bool = True) -> tuple[float, float]:
-    """Print and return the detection and false-positive rates of the screening on one injection set."""
+def injection_rates(name: str, label: str, verbose: bool, *, learned: bool = True) -> tuple[int, int, int, int]:
+    """Print the detection and false-positive rates of the screening on one injection set; return the counts:
+    attacks caught, attacks, false alarms, legitimate lines."""
     pos, neg = load_injection(name)
     caught = [t for t in pos if screen_injection(t, learned=learned)]
     false = [t for t in neg if screen_injection(t, learned=learned)]
@@ -157,7 +156,7 @@ def injection_rates(name: str, label: str, verbose: bool, *, learned: bool = Tru
                 print(f"  missed: {t!r}")
         for t in false:
             print(f"  false alarm: {t!r} ({screen_injection(t, learned=learned)})")
-    return len(caught) / len(pos), len(false) / len(neg)
+    return len(caught), len(pos), len(false), len(neg)
 
 
 def main() -> int:
@@ -182,7 +181,8 @@ def main() -> int:
         print("\n".join(misses))  # type: ignore[arg-type]
 
     print()
-    detection, fp_rate = injection_rates("injection.txt", "injection", args.verbose)
+    caught, attacks, false, legit = injection_rates("injection.txt", "injection", args.verbose)
+    detection, fp_rate = caught / attacks, false / legit
     for name, label in (
         ("injection_round2.txt", "round 2 (tuning set)"),
         ("injection_round3.txt", "round 3 (tuning set)"),
@@ -200,15 +200,13 @@ def main() -> int:
         f"{model.meta['cv_soft_detection']:.3f} / {model.meta['cv_soft_false_alarms']:.3f}, rules + layer "
         f"{model.meta['cv_detection']:.3f} / {model.meta['cv_false_alarms']:.3f} (detection / false alarms)"
     )
-    held = (0.0, 0.0)
-    caught = false = attacks = legit = 0
+    counts = []
     for n in HELD_OUT:
         name, label = f"injection_heldout{n}.txt", f"held-out set {n}"
         injection_rates(name, f"{label}, rules only", args.verbose, learned=False)
-        held = injection_rates(name, f"{label}, rules + learned layer", args.verbose)
-        pos, neg = load_injection(name)
-        caught, attacks = caught + round(held[0] * len(pos)), attacks + len(pos)
-        false, legit = false + round(held[1] * len(neg)), legit + len(neg)
+        counts.append(injection_rates(name, f"{label}, rules + learned layer", args.verbose))
+    caught, attacks, false, legit = (sum(c) for c in zip(*counts, strict=True))
+    held = (counts[-1][0] / counts[-1][1], counts[-1][2] / counts[-1][3])  # the freshest set
     pooled = (caught / attacks, false / legit)
     print(
         f"held-out sets {HELD_OUT[0]}-{HELD_OUT[-1]} pooled ({attacks} + {legit}): "

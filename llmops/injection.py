@@ -896,7 +896,7 @@ def _lowered_source(source: str) -> str:
 
 
 # Each case-insensitive rule also compiled without re.I, to run over the lower-cased text: Python's re is
-# 2-4x slower case-insensitively. Same matches at the same offsets (tests/test_injection.py compares the
+# 2-4x slower case-insensitively. Same matches at the same offsets (tests/test_guard.py compares the
 # two over every labelled line); a text whose lower-casing changes its length uses the original pattern.
 _LOWERED: list[re.Pattern[str] | None] = [
     re.compile(_lowered_source(pattern.pattern), pattern.flags & ~re.I)
@@ -904,12 +904,6 @@ _LOWERED: list[re.Pattern[str] | None] = [
     else None
     for _rule, pattern in _RULES
 ]
-
-
-def _match(text: str, released: str = "") -> str | None:
-    """The first rule the (normalised) text hits, or None."""
-    found = _find(text, released)
-    return found[0] if found else None
 
 
 def _find(text: str, released: str = "") -> tuple[str, int, int] | None:
