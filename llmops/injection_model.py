@@ -38,8 +38,12 @@ TARGET_FALSE_ALARMS = 0.02
 # what a soft rule's hit (:data:`llmops.injection.SOFT_RULES`) may add to the learned score; training keeps
 # the one with the best cross-validated detection at the false-alarm budget
 SOFT_WEIGHTS = (0.0, 0.5, 1.0, 2.0, 3.0)
-# what any other rule's hit adds; None: the rule blocks outright (first: a tie goes to the safer choice)
-RULE_WEIGHTS: tuple[float | None, ...] = (None, 8.0, 6.0, 5.0, 4.0, 3.0)
+# what any other rule's hit adds is the threshold plus one of these margins: a hit is waived only where the
+# layer scores the sentences around it below minus the margin — sure they are legitimate, not merely unsure.
+# A margin, not an absolute weight: with absolute weights a retraining that raised the threshold (1.8 -> 2.2)
+# silently waived a one-sentence extraction attack (tests/test_injection_model.py). None: the rule blocks
+# outright (first: a tie goes to the safer choice); the smallest margin is 1.5 logits.
+RULE_MARGINS: tuple[float | None, ...] = (None, 6.0, 4.0, 3.0, 2.5, 2.0, 1.5)
 
 # markup tags whole (``<system>``, ``</user>``, ``<|im_start|>``, ``[INST]``), words, Japanese runs, runs of
 # markup symbols, and sentence ends (a full stop before a space, a Japanese full stop, a line break) as
@@ -281,9 +285,11 @@ def train(
     A rule's hit in the text as written is evidence: ``rule_weight`` (a soft rule's,
     :data:`llmops.injection.SOFT_RULES`: ``soft_weight``) is added to the score of the sentences around the
     hit (as :func:`llmops.injection.screen` weighs it); a hit in a decoded or leetspeak view, or in sentences
-    too short to score, blocks outright, and so does every hit when ``rule_weight`` is None. The weights are
-    chosen from :data:`RULE_WEIGHTS` and :data:`SOFT_WEIGHTS` by cross-validated detection at the false-alarm
-    budget (a tie keeps the stricter rule weight); the detection with every hit blocking is kept in ``meta``.
+    too short to score, blocks outright, and so does every hit when ``rule_weight`` is None. ``rule_weight`` is
+    the threshold plus a margin from :data:`RULE_MARGINS` (a hit is waived only where the layer scores its
+    sentences below minus the margin, whatever the threshold); the margin and :data:`SOFT_WEIGHTS`' weight are
+    chosen by cross-validated detection at the false-alarm budget (a tie keeps the stricter margin); the
+    detection with every hit blocking is kept in ``meta``.
     The threshold is the lowest at which the rules and the layer together flag at most ``false_alarms`` of the
     legitimate lines, cross-validated; where the rules alone flag more, the layer may add at most a quarter of the
     budget. The rates at that threshold are kept in ``meta``.
@@ -331,14 +337,14 @@ def train(
     attacks = (y == 1) & labelled
     best: tuple[float, float | None, float, float, Any] | None = None  # detection, weights, threshold, flagged
     outright: tuple[float, float] | None = None  # detection and false alarms when every hit blocks
-    for rule_w in RULE_WEIGHTS:
-        always = short | hard if rule_w is None else short
+    for margin in RULE_MARGINS:
+        # a rule's hit blocks whatever the threshold turns out to be: its sentences score at least -margin
+        # (rule_weight = threshold + margin), or every hit when the rules block outright
+        always = short | (hard if margin is None else hard & (local[:, 0] >= -margin))
         budget = max(false_alarms * legit.sum() - always[legit].sum(), false_alarms / 4 * legit.sum())
         for soft_w in SOFT_WEIGHTS:
-            # a line's decision value: the whole text's score, or a hit's sentences' score plus its weight
+            # a line's decision value: the whole text's score, or the soft hit's sentences' score plus its weight
             value = np.maximum(scores, np.where(soft, local[:, 1] + soft_w, -np.inf))
-            if rule_w is not None:
-                value = np.maximum(value, np.where(hard, local[:, 0] + rule_w, -np.inf))
             # the false alarms among legitimate lines not blocked outright, highest value first
             candidates = np.sort(value[legit & ~always & np.isfinite(value)])[::-1]  # -inf: too short
             if not len(candidates):
@@ -347,12 +353,13 @@ def train(
             th = float(np.nextafter(candidates[k], np.inf)) if k < len(candidates) else float(candidates[-1])
             flagged_w = always | (value >= th)
             detection = float(flagged_w[attacks].mean())
-            if rule_w is None and (outright is None or detection > outright[0]):
+            if margin is None and (outright is None or detection > outright[0]):
                 outright = (detection, float(flagged_w[legit].mean()))
-            if best is None or detection > best[0] + 1e-9 or (abs(detection - best[0]) <= 1e-9 and rule_w == best[1]):
-                best = (detection, rule_w, soft_w, th, flagged_w)  # a tie keeps the safer rule weight, larger soft
+            if best is None or detection > best[0] + 1e-9 or (abs(detection - best[0]) <= 1e-9 and margin == best[1]):
+                best = (detection, margin, soft_w, th, flagged_w)  # a tie keeps the safer margin, larger soft
     assert best is not None and outright is not None
-    _, rule_weight, weight, threshold, flagged = best
+    _, rule_margin, weight, threshold, flagged = best
+    rule_weight = None if rule_margin is None else threshold + rule_margin
     background_flagged = float(flagged[~labelled].mean()) if len(extra) else 0.0
     model = fit(texts, y)
     return InjectionModel(
@@ -371,6 +378,7 @@ def train(
             "c": C,
             "min_df": MIN_DF,
             "folds": folds,
+            "rule_margin": rule_margin,
             "cv_detection": round(float(flagged[attacks].mean()), 4),
             "cv_false_alarms": round(float(flagged[legit].mean()), 4),
             "cv_background_false_alarms": round(background_flagged, 4),
@@ -384,7 +392,7 @@ def train(
             "cv_rule_hits_waived_legitimate": int((hard & ~flagged)[legit].sum()),
             "cv_rule_hits_attacks": int(hard[attacks].sum()),
             "cv_rule_hits_legitimate": int(hard[legit].sum()),
-            # the same training run with every rule hit blocking outright (RULE_WEIGHTS' None)
+            # the same training run with every rule hit blocking outright (RULE_MARGINS' None)
             "cv_detection_rules_block": round(outright[0], 4),
             "cv_false_alarms_rules_block": round(outright[1], 4),
         },
