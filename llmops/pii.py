@@ -255,6 +255,10 @@ class RecognizerSpec:
     name: str = ""
     ascii: bool = True  # False for patterns that use Unicode classes such as \p{Han}
     prefilter: str | None = None  # a cheap regex that must match somewhere before the patterns run
+    # cheaper still: one of these strings must occur (in the lower-cased text with ``literals_lower``) — C-speed
+    # substring tests, where an alternation of literals costs ``regex`` 30-120 µs per 2 KB record
+    literals: tuple[str, ...] = ()
+    literals_lower: bool = False
     # where a match of the patterns can start: they are tried there alone (``match``) instead of searched
     # for through the whole text (look-behinds still see the text before). It must find every possible
     # start: a look-behind that no position inside a match passes keeps candidates from hiding in others
@@ -333,7 +337,10 @@ for _spec in (
             r"|eyJ[A-Za-z0-9_\-]{10,}\.eyJ[A-Za-z0-9_\-]{10,}\.[A-Za-z0-9_\-]{10,})(?![A-Za-z0-9_\-])",
         ),
         0.95,
-        prefilter=r"sk-|sk_|rk_|pk_|AKIA|ASIA|AGPA|AIDA|AROA|ANPA|gh[pousr]_|github_pat_|xox|AIza|glpat-|eyJ",
+        literals=(
+            *("sk-", "sk_", "rk_", "pk_", "AKIA", "ASIA", "AGPA", "AIDA", "AROA", "ANPA"),
+            *("ghp_", "gho_", "ghu_", "ghs_", "ghr_", "github_pat_", "xox", "AIza", "glpat-", "eyJ"),
+        ),
     ),
     RecognizerSpec(
         "API_KEY",
@@ -372,7 +379,8 @@ for _spec in (
         0.95,
         validate=_all(lambda m, _t, _s, _e: my_number_ok(_digits(m)), _context(_MY_NUMBER_CONTEXT)),
         # the validator needs a context word near the match: without one anywhere, nothing can pass
-        prefilter="(?i:" + "|".join(regex.escape(w) for w in _MY_NUMBER_CONTEXT) + ")",
+        literals=_MY_NUMBER_CONTEXT,
+        literals_lower=True,
     ),
     RecognizerSpec(
         "PHONE",
@@ -483,6 +491,7 @@ def _presidio_recognizer(spec: RecognizerSpec, language: str) -> Any:
     flags = _FLAGS if spec.ascii else _FLAGS & ~regex.ASCII
     compiled = [regex.compile(p, flags) for p in spec.patterns]
     prefilter = regex.compile(spec.prefilter, flags) if spec.prefilter else None
+    literals, lower = spec.literals, spec.literals_lower
     starts = regex.compile(spec.starts, flags) if spec.starts else None
     name = spec.name or spec.entity
 
@@ -490,6 +499,10 @@ def _presidio_recognizer(spec: RecognizerSpec, language: str) -> Any:
         def analyze(self, text: str, entities: list[str], nlp_artifacts: Any = None, regex_flags: Any = None) -> Any:
             if prefilter is not None and prefilter.search(text) is None:
                 return []
+            if literals:
+                haystack = text.lower() if lower else text
+                if not any(w in haystack for w in literals):
+                    return []
             found = []
             for pattern in compiled:
                 group = "v" if "v" in pattern.groupindex else 0

@@ -315,6 +315,43 @@ def test_anchored_recognizers_find_what_a_full_search_finds():
                 assert [m.span() for m in pii._anchored(pattern, starts, folded)] == full, (spec.name, text)
 
 
+def test_literal_prefilters_pass_every_text_a_pattern_can_match():
+    """A recognizer's ``literals`` are a cheaper prefilter than an alternation in ``regex``: every text in
+    which one of its patterns finds a match (over the corpora and a seeded fuzz of key shapes, context words
+    in any case, Unicode look-alikes) and that its validator accepts passes the literal test."""
+    import json
+    import random
+
+    import regex
+
+    from llmops.injection_model import read_labelled
+
+    texts = [json.loads(line)["text"] for line in (ROOT / "benchmarks/data/pii_corpus.jsonl").open(encoding="utf-8")]
+    texts += read_labelled(sorted((ROOT / "benchmarks/data").glob("*.txt")))[0]
+    pieces = ["sk-", "sk_live_", "rk_test_", "AKIA", "ASIA", "ghp_", "github_pat_", "xoxb-", "AIza", "glpat-", "eyJ"]
+    pieces += ["My Number", "MY NUMBER", "mynumber", "Individual Number", "マイナンバー", "個人番号", "İ", "K", "ſ"]
+    pieces += ["A", "b", "9", "0", "-", "_", ".", " ", ":", "\n", "abcdefghij"]
+    pieces += ["1234 5678 9012", "123456789012", "3000 0000 0004", "300000000004"]  # the last two pass the check
+    rng = random.Random(5)
+    texts += ["".join(rng.choice(pieces) for _ in range(rng.randint(1, 30))) for _ in range(20_000)]
+    specs = [spec for spec in pii._SPECS if spec.literals]
+    assert {s.name or s.entity for s in specs} >= {"API_KEY", "MY_NUMBER"}
+    for spec in specs:
+        flags = pii._FLAGS if spec.ascii else pii._FLAGS & ~regex.ASCII
+        patterns = [regex.compile(p, flags) for p in spec.patterns]
+        for text in texts:
+            folded = fold(text)[0]
+            if any(p.search(folded) for p in patterns):
+                haystack = folded.lower() if spec.literals_lower else folded
+                if spec.validate is None:
+                    assert any(w in haystack for w in spec.literals), (spec.name or spec.entity, text)
+                else:  # a validator that needs a context word: only texts it passes must pass the literals
+                    for p in patterns:
+                        for m in p.finditer(folded):
+                            if spec.validate(m.group(0), folded, m.start(), m.end()):
+                                assert any(w in haystack for w in spec.literals), (spec.name, text)
+
+
 def test_lowered_rules_match_what_the_case_insensitive_rules_match():
     """Case-insensitive rules run without re.I over the lower-cased text (2-4x faster); over every labelled
     line, the ordinary text and crafted cases (escapes such as \\S, capitals, non-ASCII) they find the same
