@@ -30,8 +30,9 @@ import math
 import re
 import unicodedata
 import urllib.parse
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 from llmops import injection_model
 from llmops.pii import strip_invisible
@@ -906,22 +907,110 @@ _LOWERED: list[re.Pattern[str] | None] = [
 ]
 
 
+def _literal_starts(pattern: re.Pattern[str], shortest: int = 3) -> tuple[str, ...] | None:
+    """Strings one of which every match of ``pattern`` begins with (look-arounds and ``\\b`` aside), when
+    its parsed form says so and each is at least ``shortest`` characters long (two for non-ASCII); else
+    None. A case-insensitive pattern has none (its letters match either case)."""
+    if pattern.flags & re.I:
+        return None
+    from re import _constants as sre  # type: ignore[attr-defined]  # the parser re compiles with (3.11+)
+    from re import _parser  # type: ignore[attr-defined]
+
+    def firsts(items: list[Any]) -> set[str] | None:
+        for i, (op, av) in enumerate(items):
+            if op in (sre.AT, sre.ASSERT, sre.ASSERT_NOT):
+                continue  # zero-width: the match still begins at the next item
+            if op is sre.LITERAL:
+                run = ""
+                for op2, av2 in items[i:]:
+                    if op2 is not sre.LITERAL:
+                        break
+                    run += chr(av2)
+                return {run}
+            if op is sre.SUBPATTERN:
+                return None if av[1] or av[2] else firsts(list(av[3]))  # inline flags: no
+            if op is sre.BRANCH:
+                out: set[str] = set()
+                for alternative in av[1]:
+                    got = firsts(list(alternative))
+                    if not got:
+                        return None
+                    out |= got
+                return out
+            if op in (sre.MAX_REPEAT, sre.MIN_REPEAT) and av[0] >= 1:
+                return firsts(list(av[2]))
+            return None
+        return None
+
+    found = firsts(list(_parser.parse(pattern.pattern, pattern.flags)))
+    if not found or any(len(w) < (shortest if w.isascii() else 2) for w in found):
+        return None
+    return tuple(sorted(found))
+
+
+def _starts_at(subject: str, words: tuple[str, ...], pos: int) -> list[int]:
+    """Every offset from ``pos`` on where one of ``words`` begins, in order (C-speed ``find`` loops)."""
+    found: set[int] = set()
+    for w in words:
+        i = subject.find(w, pos)
+        while i != -1:
+            found.add(i)
+            i = subject.find(w, i + 1)
+    return sorted(found)
+
+
+# Where a rule's pattern (the one that runs: lowered where there is one) can begin, when every match begins
+# with one of a few literal words: the rule is tried (``match``) only there instead of searched for through
+# the whole text — Python's re tries a leading alternation at every character, 50-100 µs per 2 KB record.
+# Same matches in the same order (tests/test_guard.py compares with the plain search over every labelled line).
+_STARTS: list[tuple[str, ...] | None] = [
+    _literal_starts(fast if fast is not None else pattern)
+    for (_rule, pattern), fast in zip(_RULES, _LOWERED, strict=True)
+]
+_STARTS_ORIGINAL: list[tuple[str, ...] | None] = [_literal_starts(pattern) for _rule, pattern in _RULES]
+
+
+_LONG = 400
+
+
+def _matches(pattern: re.Pattern[str], subject: str, starts: tuple[str, ...] | None) -> Iterator[re.Match[str]]:
+    """The matches ``search`` finds one after another, each searched again from the character after the
+    last one's start — tried only where one of ``starts`` begins, when given."""
+    if starts is not None:
+        for i in _starts_at(subject, starts, 0):
+            m = pattern.match(subject, i)
+            if m is not None:
+                yield m
+        return
+    pos = 0
+    while (m := pattern.search(subject, pos)) is not None:
+        yield m
+        pos = m.start() + 1
+
+
 def _find(text: str, released: str = "") -> tuple[str, int, int] | None:
     """The first rule the (normalised) text hits and where: the match, or an intent rule's sentence."""
     lowered = text.lower()
     same_offsets = len(lowered) == len(text)
     ascii_only = text.isascii()
     skip = family(released) if released else None
-    for (rule, pattern), fast, anchors in zip(_RULES, _LOWERED, _ANCHORS, strict=True):
-        if (ascii_only and rule.endswith("_ja")) or family(rule) == skip or not any(a in lowered for a in anchors):
+    for (rule, pattern), fast, anchors, starts, starts_original in zip(
+        _RULES, _LOWERED, _ANCHORS, _STARTS, _STARTS_ORIGINAL, strict=True
+    ):
+        if (ascii_only and rule.endswith("_ja")) or family(rule) == skip:
+            continue
+        if fast is not None and same_offsets:
+            subject, pattern = lowered, fast
+        else:
+            subject, starts = text, starts_original
+        if not any(a in lowered for a in anchors):
             continue  # the anchors are C-speed substring tests
-        subject = lowered if fast is not None and same_offsets else text
-        pattern = fast if fast is not None and same_offsets else pattern
-        pos = documented_until = 0
-        while (m := pattern.search(subject, pos)) is not None:
-            # a skipped match is searched again from its next character, so a real clause that overlaps a
-            # harmless one ("neglect the earlier draft, neglect all previous directions") is still found
-            pos = m.start() + 1
+        if len(subject) < _LONG:
+            starts = None  # a short text is searched faster than its starts are found
+        documented_until = 0
+        # a skipped match is searched again from its next character, so a real clause that overlaps a
+        # harmless one ("neglect the earlier draft, neglect all previous directions") is still found
+        for m in _matches(pattern, subject, starts):
             if _quoted(text, m.start(), m.end()):
                 continue
             if rule == "injection.markup" and (

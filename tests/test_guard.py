@@ -386,6 +386,42 @@ def test_lowered_rules_match_what_the_case_insensitive_rules_match():
     assert compared > 100_000
 
 
+def test_rules_tried_at_their_literal_starts_find_what_a_search_finds():
+    """Rules whose every match begins with one of a few literal words are tried only where one begins
+    (faster on long records); over every labelled line, records joined from them, the ordinary text and a
+    seeded fuzz of those words, they find the same matches in the same order as the plain search."""
+    import random
+
+    from llmops import injection, injection_model
+
+    data = ROOT / "benchmarks/data"
+    texts, _ = injection_model.read_labelled(sorted(data.glob("injection*.txt")))
+    texts += [line for p in sorted(data.glob("ordinary*.txt")) for line in p.read_text(encoding="utf-8").splitlines()]
+    texts += [" ".join(texts[i : i + 12]) for i in range(0, len(texts), 12)]  # long records
+    words = sorted({w for starts in (*injection._STARTS, *injection._STARTS_ORIGINAL) if starts for w in starts})
+    pieces = [*words, "previous", "instructions", "all", "your", "the", "my", " ", ". ", "\n", "'", '"', "İ", "Ab"]
+    rng = random.Random(11)
+    texts += [" ".join(rng.choice(pieces) for _ in range(rng.randint(1, 40))) for _ in range(20_000)]
+    rules = [
+        (pattern, starts, lower)
+        for (_rule, original), fast, fast_starts, original_starts in zip(
+            injection._RULES, injection._LOWERED, injection._STARTS, injection._STARTS_ORIGINAL, strict=True
+        )
+        for pattern, starts, lower in ((fast, fast_starts, True), (original, original_starts, False))
+        if pattern is not None and starts is not None
+    ]
+    assert len(rules) >= 8
+    compared = 0
+    for text in texts:
+        norm = injection.normalise(text)
+        for pattern, starts, lower in rules:
+            subject = norm.lower() if lower else norm  # lowered patterns run over the lower-cased text
+            tried = [(m.span(), m.group(0)) for m in injection._matches(pattern, subject, starts)]
+            assert tried == [(m.span(), m.group(0)) for m in injection._matches(pattern, subject, None)], text[:80]
+            compared += bool(tried)
+    assert compared > 3_000
+
+
 def test_partial_nfkc_equals_nfkc():
     """normalise() runs NFKC only over the runs that can change (and the character before each); a seeded
     fuzz over kana, kanji, full-width forms, combining marks, Hangul jamo and compatibility characters finds
