@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import random
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -112,6 +113,7 @@ class Engine:
         headroom: float = 0.99,
         burst_s: float = 1.0,
         max_rate_limit_retries: int = 50,
+        alert_interval_s: float = 1.0,
         profile: bool = False,
     ) -> None:
         self.gw = gateway
@@ -124,6 +126,9 @@ class Engine:
         self.headroom = headroom
         self.burst_s = burst_s
         self.max_rate_limit_retries = max_rate_limit_retries
+        # budget alert thresholds are checked (a SUM over the month's ledger rows per budget) at most this
+        # often per budget during a run, and once more for every budget the run touched when it ends
+        self.alert_interval_s = alert_interval_s
         self.limiters: dict[str, EndpointLimiter] = {}
         self.stats = EngineStats()
         self.profile = profile
@@ -151,6 +156,8 @@ class Engine:
         self._window = asyncio.Semaphore(self.concurrency * 2 + self.group_size)  # reserved, not yet settled
         self._queue: asyncio.Queue[Any] = asyncio.Queue(maxsize=self.concurrency * 2 + self.group_size)
         self._pending: list[_Settle] = []
+        self._alerts_checked: dict[tuple[str, str, str, str], float] = {}  # budget scope -> last check
+        self._alerts_due: set[tuple[str, str, str, str]] = set()  # settled since its last check
         self._flush_now = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
         self._writer_done = False
@@ -613,6 +620,8 @@ class Engine:
                         self.stats.failed += 1
                     self._emit(s.item.index, r)
             elif self._writer_done:
+                if self._alerts_due:
+                    await self._in_db(self._check_alerts, set(self._alerts_due), True)
                 return
 
     def _write(self, batch: list[_Settle]) -> None:
@@ -649,8 +658,7 @@ class Engine:
             for s in plain
             if s.result.status == Status.OK or s.fields.get("cost_nanousd")
         }
-        for dept, user, prompt, month in scopes:
-            gw.budget.after_settle(dept, user, prompt, month)
+        self._check_alerts(scopes)
         for s in plain:
             req = s.item.req
             log_call(
@@ -660,6 +668,18 @@ class Engine:
                 prompt=s.item.prep.ctx.base["prompt_name"],
                 prompt_excerpt=s.item.prep.prompt_excerpt,
             )
+
+    def _check_alerts(self, scopes: set[tuple[str, str, str, str]], final: bool = False) -> None:
+        """DB thread: fire the budget alerts of budgets whose spending settled — each budget at most every
+        ``alert_interval_s`` while the run goes on (the check sums the month's ledger rows), every one due
+        when it ends (``final``)."""
+        self._alerts_due |= scopes
+        now = time.monotonic()
+        for scope in sorted(self._alerts_due):
+            if final or now - self._alerts_checked.get(scope, -math.inf) >= self.alert_interval_s:
+                self._alerts_due.discard(scope)
+                self._alerts_checked[scope] = now
+                self.gw.budget.after_settle(*scope)
 
     # -- helpers ------------------------------------------------------------------------------------
     def _emit(self, index: int, result: Result) -> None:

@@ -144,6 +144,27 @@ def test_alert_at_80_percent_fires_once_and_hard_stop_at_100(tmp_path: Path, sim
     assert len(events) == 1
 
 
+@pytest.mark.parametrize("interval", [0.0, 3600.0])
+def test_the_engine_fires_a_crossed_alert_once_however_often_it_checks(tmp_path: Path, sim, interval):
+    """The batch engine checks a budget's alert thresholds at most every ``alert_interval_s`` (each check
+    sums the month's ledger rows) and once more when the run ends: the 80 % alert fires exactly once either
+    way — during the run (interval 0) or at its end (an interval longer than the run)."""
+    from llmops.engine import Engine
+
+    policy_file = write_policy(tmp_path / "p.yaml", **{"departments/support/monthly_budget_usd": 0.0006})
+    st = load_settings(home=ROOT, data_dir=tmp_path / "d", simulator_port=sim.port, policy_file=policy_file)
+    events: list = []
+    gw = Gateway(st, alerter=events.append)
+    got: dict[int, object] = {}
+    Engine(gw, concurrency=1, group_size=1, alert_interval_s=interval).run(
+        [_req(i, priority="cost") for i in range(20)], got.__setitem__
+    )
+    assert len(got) == 20 and any(r.status == Status.OK for r in got.values())  # type: ignore[attr-defined]
+    spent, _ = gw.ledger.month_usage("support", gw.budget.month())
+    assert spent >= 0.8 * to_nano("0.0006")
+    assert [(e.scope, e.threshold) for e in events] == [("department", 0.8)]
+
+
 def test_person_budget_is_enforced(tmp_path: Path, sim):
     policy_file = write_policy(tmp_path / "p.yaml", **{"people/hana.sato@example.com/monthly_budget_usd": 0.0001})
     st = load_settings(home=ROOT, data_dir=tmp_path / "d", simulator_port=sim.port, policy_file=policy_file)
