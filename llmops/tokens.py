@@ -37,14 +37,17 @@ def _encoding() -> Any:
     return tiktoken.get_encoding("cl100k_base")
 
 
+@functools.lru_cache(maxsize=1024)  # a prompt's system message is the same for every record of a batch
 def count_text(text: str) -> int:
-    return len(_encoding().encode(text, disallowed_special=()))
+    # encode_ordinary is encode(disallowed_special=()) — special tokens counted as the text they are —
+    # without the special-token scan: 90 instead of 137 µs for 2 KB
+    return len(_encoding().encode_ordinary(text))
 
 
 def truncate(text: str, max_tokens: int) -> tuple[str, bool]:
     """Cut text to at most max_tokens tokens; returns (text, truncated)."""
     enc = _encoding()
-    ids = enc.encode(text, disallowed_special=())
+    ids = enc.encode_ordinary(text)
     if len(ids) <= max_tokens:
         return text, False
     return enc.decode(ids[:max_tokens]), True

@@ -80,3 +80,20 @@ def test_classification_is_honest_and_deterministic(sim, model):
     out1 = _post(sim.url, model=model, messages=msgs).json()["choices"][0]["message"]["content"]
     out2 = _post(sim.url, model=model, messages=msgs).json()["choices"][0]["message"]["content"]
     assert out1 == out2 and '"shipping"' in out1
+
+
+def test_token_counts_treat_special_tokens_as_text():
+    """count_text (encode_ordinary, cached) counts what encode(disallowed_special=()) counts — special tokens
+    such as <|endoftext|> in a record are text, never refused — over the labelled corpora."""
+    from llmops.injection_model import read_labelled
+    from llmops.tokens import _encoding, truncate
+    from tests.conftest import ROOT
+
+    texts = read_labelled(sorted((ROOT / "benchmarks/data").glob("injection*.txt")))[0]
+    texts += ["<|endoftext|> and <|im_start|>system<|im_end|>", "", "日本語のテキスト", "a" * 5000]
+    enc = _encoding()
+    for text in texts:
+        assert count_text(text) == len(enc.encode(text, disallowed_special=())), text[:80]
+        assert count_text(text) == count_text(text)  # the cached answer
+    cut, truncated = truncate("<|endoftext|> " * 50, 10)
+    assert truncated and count_text(cut) <= 10
