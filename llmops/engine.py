@@ -600,29 +600,36 @@ class Engine:
             self._flush_now.set()
 
     async def _writer(self) -> None:
-        while True:
-            try:
-                await asyncio.wait_for(self._flush_now.wait(), self.flush_interval_s)
-            except TimeoutError:
-                pass
-            self._flush_now.clear()
-            if self._pending:
-                batch, self._pending = self._pending, []
-                _, db_ns = await self._in_db(_timed(self._write), batch)
-                for s in batch:
-                    if self.profile and s.item.exists:
-                        self.overheads.append(s.item.overhead_ns + db_ns // len(batch))
-                    self._window.release()
-                    r = s.result
-                    if r.status == Status.OK:
-                        self.stats.ok += 1
-                    else:
-                        self.stats.failed += 1
-                    self._emit(s.item.index, r)
-            elif self._writer_done:
-                if self._alerts_due:
-                    await self._in_db(self._check_alerts, set(self._alerts_due), True)
-                return
+        try:
+            while True:
+                try:
+                    await asyncio.wait_for(self._flush_now.wait(), self.flush_interval_s)
+                except TimeoutError:
+                    pass
+                self._flush_now.clear()
+                if self._pending:
+                    batch, self._pending = self._pending, []
+                    _, db_ns = await self._in_db(_timed(self._write), batch)
+                    for s in batch:
+                        if self.profile and s.item.exists:
+                            self.overheads.append(s.item.overhead_ns + db_ns // len(batch))
+                        self._window.release()
+                        r = s.result
+                        if r.status == Status.OK:
+                            self.stats.ok += 1
+                        else:
+                            self.stats.failed += 1
+                        self._emit(s.item.index, r)
+                elif self._writer_done:
+                    return
+        finally:
+            # budgets whose check was put off: their spending is committed, so check them even when a
+            # write failed or the run was cancelled (an alert missed now would wait for the next settle)
+            if self._alerts_due:
+                try:
+                    await self._in_db(self._check_alerts, set(), True)
+                except Exception:
+                    log.exception("budget alerts could not be checked at the end of the run")
 
     def _write(self, batch: list[_Settle]) -> None:
         """DB thread: settle a batch of results in one transaction, then alerts and logs."""
@@ -670,9 +677,9 @@ class Engine:
             )
 
     def _check_alerts(self, scopes: set[tuple[str, str, str, str]], final: bool = False) -> None:
-        """DB thread: fire the budget alerts of budgets whose spending settled — each budget at most every
-        ``alert_interval_s`` while the run goes on (the check sums the month's ledger rows), every one due
-        when it ends (``final``)."""
+        """DB thread: fire the budget alerts of the budgets a settle touched (department, person and prompt
+        of one month, checked together) — each at most every ``alert_interval_s`` while the run goes on (the
+        check sums the month's ledger rows), every one due when it ends (``final``)."""
         self._alerts_due |= scopes
         now = time.monotonic()
         for scope in sorted(self._alerts_due):

@@ -360,6 +360,8 @@ def train(
     assert best is not None and outright is not None
     _, rule_margin, weight, threshold, flagged = best
     rule_weight = None if rule_margin is None else threshold + rule_margin
+    if rule_weight is not None and rule_weight < 0:  # load() refuses it: every record would be a guard_error
+        raise ValueError(f"training chose a negative rule weight ({rule_weight:.3f}): add legitimate lines")
     background_flagged = float(flagged[~labelled].mean()) if len(extra) else 0.0
     model = fit(texts, y)
     return InjectionModel(

@@ -165,6 +165,31 @@ def test_the_engine_fires_a_crossed_alert_once_however_often_it_checks(tmp_path:
     assert [(e.scope, e.threshold) for e in events] == [("department", 0.8)]
 
 
+def test_an_alert_put_off_is_still_fired_when_the_writer_fails(tmp_path: Path, sim, monkeypatch):
+    """Spending that crossed 80 % is committed, then the writer fails and the run with it — the alert check
+    that was put off (``alert_interval_s``) still runs as the writer ends, so the alert is not lost."""
+    from llmops.engine import Engine
+
+    policy_file = write_policy(tmp_path / "p.yaml", **{"departments/support/monthly_budget_usd": 0.0006})
+    st = load_settings(home=ROOT, data_dir=tmp_path / "d", simulator_port=sim.port, policy_file=policy_file)
+    events: list = []
+    gw = Gateway(st, alerter=events.append)
+    real_write = Engine._write
+
+    def write_then_fail(self, batch):
+        real_write(self, batch)  # committed, its alert check put off (the first check ran at the first write)
+        spent, _ = gw.ledger.month_usage("support", gw.budget.month())
+        if spent >= 0.8 * to_nano("0.0006"):
+            raise RuntimeError("database went away")
+
+    monkeypatch.setattr(Engine, "_write", write_then_fail)
+    with pytest.raises(RuntimeError, match="database went away"):
+        Engine(gw, concurrency=1, group_size=1, alert_interval_s=3600).run(
+            [_req(i, priority="cost") for i in range(20)], lambda i, r: None
+        )
+    assert [(e.scope, e.threshold) for e in events] == [("department", 0.8)]
+
+
 def test_person_budget_is_enforced(tmp_path: Path, sim):
     policy_file = write_policy(tmp_path / "p.yaml", **{"people/hana.sato@example.com/monthly_budget_usd": 0.0001})
     st = load_settings(home=ROOT, data_dir=tmp_path / "d", simulator_port=sim.port, policy_file=policy_file)
