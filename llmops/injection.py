@@ -948,26 +948,26 @@ def _literal_starts(pattern: re.Pattern[str], shortest: int = 3) -> tuple[str, .
     return tuple(sorted(found))
 
 
-def _starts_at(subject: str, words: tuple[str, ...], pos: int) -> list[int]:
-    """Every offset from ``pos`` on where one of ``words`` begins, in order (C-speed ``find`` loops)."""
+def _starts_at(subject: str, words: tuple[str, ...]) -> list[int]:
+    """Every offset where one of ``words`` begins, in order (C-speed ``find`` loops)."""
     found: set[int] = set()
     for w in words:
-        i = subject.find(w, pos)
+        i = subject.find(w)
         while i != -1:
             found.add(i)
             i = subject.find(w, i + 1)
     return sorted(found)
 
 
-# Where a rule's pattern (the one that runs: lowered where there is one) can begin, when every match begins
-# with one of a few literal words: the rule is tried (``match``) only there instead of searched for through
-# the whole text — Python's re tries a leading alternation at every character, 50-100 µs per 2 KB record.
-# Same matches in the same order (tests/test_guard.py compares with the plain search over every labelled line).
+# Where a rule's pattern (its lowered variant where it has one) can begin, when every match begins with one
+# of a few literal words: the rule is tried (``match``) only there instead of searched for through the whole
+# text — Python's re tries a leading alternation at every character, 50-100 µs per 2 KB record. Same matches
+# in the same order (tests/test_guard.py compares with the plain search over every labelled line). An
+# original pattern that has a lowered variant is case-insensitive and has none.
 _STARTS: list[tuple[str, ...] | None] = [
     _literal_starts(fast if fast is not None else pattern)
     for (_rule, pattern), fast in zip(_RULES, _LOWERED, strict=True)
 ]
-_STARTS_ORIGINAL: list[tuple[str, ...] | None] = [_literal_starts(pattern) for _rule, pattern in _RULES]
 
 
 _LONG = 400
@@ -977,7 +977,7 @@ def _matches(pattern: re.Pattern[str], subject: str, starts: tuple[str, ...] | N
     """The matches ``search`` finds one after another, each searched again from the character after the
     last one's start — tried only where one of ``starts`` begins, when given."""
     if starts is not None:
-        for i in _starts_at(subject, starts, 0):
+        for i in _starts_at(subject, starts):
             m = pattern.match(subject, i)
             if m is not None:
                 yield m
@@ -994,15 +994,13 @@ def _find(text: str, released: str = "") -> tuple[str, int, int] | None:
     same_offsets = len(lowered) == len(text)
     ascii_only = text.isascii()
     skip = family(released) if released else None
-    for (rule, pattern), fast, anchors, starts, starts_original in zip(
-        _RULES, _LOWERED, _ANCHORS, _STARTS, _STARTS_ORIGINAL, strict=True
-    ):
+    for (rule, pattern), fast, anchors, starts in zip(_RULES, _LOWERED, _ANCHORS, _STARTS, strict=True):
         if (ascii_only and rule.endswith("_ja")) or family(rule) == skip:
             continue
         if fast is not None and same_offsets:
             subject, pattern = lowered, fast
         else:
-            subject, starts = text, starts_original
+            subject, starts = text, starts if fast is None else None  # the case-insensitive original: none
         if not any(a in lowered for a in anchors):
             continue  # the anchors are C-speed substring tests
         if len(subject) < _LONG:

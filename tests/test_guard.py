@@ -398,17 +398,14 @@ def test_rules_tried_at_their_literal_starts_find_what_a_search_finds():
     texts, _ = injection_model.read_labelled(sorted(data.glob("injection*.txt")))
     texts += [line for p in sorted(data.glob("ordinary*.txt")) for line in p.read_text(encoding="utf-8").splitlines()]
     texts += [" ".join(texts[i : i + 12]) for i in range(0, len(texts), 12)]  # long records
-    words = sorted({w for starts in (*injection._STARTS, *injection._STARTS_ORIGINAL) if starts for w in starts})
+    words = sorted({w for starts in injection._STARTS if starts for w in starts})
     pieces = [*words, "previous", "instructions", "all", "your", "the", "my", " ", ". ", "\n", "'", '"', "İ", "Ab"]
     rng = random.Random(11)
     texts += [" ".join(rng.choice(pieces) for _ in range(rng.randint(1, 40))) for _ in range(20_000)]
     rules = [
-        (pattern, starts, lower)
-        for (_rule, original), fast, fast_starts, original_starts in zip(
-            injection._RULES, injection._LOWERED, injection._STARTS, injection._STARTS_ORIGINAL, strict=True
-        )
-        for pattern, starts, lower in ((fast, fast_starts, True), (original, original_starts, False))
-        if pattern is not None and starts is not None
+        (fast if fast is not None else original, starts, fast is not None)
+        for (_rule, original), fast, starts in zip(injection._RULES, injection._LOWERED, injection._STARTS, strict=True)
+        if starts is not None
     ]
     assert len(rules) >= 8
     compared = 0
