@@ -34,6 +34,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+import ahocorasick
+
 from llmops import injection_model
 from llmops.pii import strip_invisible
 
@@ -69,6 +71,9 @@ _ROT13_HINTS = ("vtaber", "cerivbhf", "vafgehpgvba", "flfgrz", "cebzcg", "ehyrf"
 # words with leetspeak digits inside ("1gn0r3", "pr0mpt"); the leet view is screened only when one of them
 # reads as an attack word once the digits are read as letters
 _LEET_WORD = re.compile(r"\b[a-z@$!]*[0134579@$!][a-z0134579@$!]*[a-z][a-z0134579@$!]*\b|\b[0134579][a-z]{2,}\b")
+# what every _LEET_WORD holds: a leetspeak character right before a letter (the first letter after the
+# leetspeak character of the first form is preceded by one); one scan instead of the word pattern's
+_LEET_HINT = re.compile(r"[0134579@$!][a-z]")
 _LEET_STEMS = (
     "ignor", "disregard", "forget", "instruct", "previous", "prompt", "system", "rules", "reveal", "bypass",
     "jailbr", "pretend", "override", "restrict", "filter", "guideline", "secret", "password", "developer",
@@ -659,6 +664,12 @@ _PERSONA = _words(
     r"you are no longer (?:an?|the|my)",
     r"you are [\"“']?\w+[\"”']?,? an? (?:\w+ )?(?:ai|assistant|bot|model)",
 )
+# Words one of which every match of _PERSONA holds: the costly search (``\w+gpt`` is tried at every word)
+# runs only when one occurs (tests/test_guard.py checks this over every labelled line and a fuzz)
+_PERSONA_WORDS = (
+    "you", "imagine", "simulat", "pretend", "act as", "role", "from now on", "stop being", "become", "respond as",
+    "answer as", "reply as", "speak as", "talk as", "write as", "hypothetically", "gpt", "as a",
+)  # fmt: skip
 _UNBOUND = _words(
     r"no (?:limits|restrictions|rules|filters|guidelines|ethics|morals)",
     r"without (?:any )?(?:\w+ )?"
@@ -729,10 +740,12 @@ _JA_SENTENCE_START = re.compile(r"[。！？!?\n]")  # an owner counts within th
 _DOCUMENT_JA = re.compile(r"(?:指示|命令)(?:メール|票)")
 
 
-def _intent_text(text: str) -> str | None:
+def _intent_text(text: str, occurrences: dict[str, list[int]] | None = None) -> str | None:
     """The intent rules over every sentence at once: each signal family is searched once over the whole
-    text, and its hits are grouped by sentence."""
+    text, and its hits are grouped by sentence. ``occurrences``: :func:`_occurrences` of ``text.lower()``,
+    when the caller has them."""
     text = text.lower()
+    words = _occurrences(text) if occurrences is None else occurrences
     ends = [m.end() for m in _SENTENCE.finditer(text)]
 
     def hits(p: re.Pattern[str]) -> dict[int, list[int]]:
@@ -751,8 +764,8 @@ def _intent_text(text: str) -> str | None:
         return bool(set.intersection(*(set(f) for f in families)))
 
     empty: dict[int, list[int]] = {}
-    if not any(stem in text for stem in _TARGET_STEMS) and text.isascii():
-        return _persona(text, hits, share)
+    if not any(stem in words for stem in _TARGET_STEMS) and text.isascii():
+        return _persona(text, hits, share, words)
     # the model's instructions: unambiguous set-up nouns, or instruction nouns not owned by the writer in a
     # sentence that addresses the model or qualifies them as an attack does ("all previous", "above")
     config = hits(_MODEL_CONFIG)
@@ -808,12 +821,17 @@ def _intent_text(text: str) -> str | None:
             return "injection.intent_extraction"
     if instructions_ja and share(hits(_DISCLOSE_JA), instructions_ja, hits(_MODEL_JA)):
         return "injection.intent_extraction"
-    return _persona(text, hits, share)
+    return _persona(text, hits, share, words)
 
 
-def _persona(text: str, hits: Callable[..., dict[int, list[int]]], share: Callable[..., bool]) -> str | None:
+def _persona(
+    text: str,
+    hits: Callable[..., dict[int, list[int]]],
+    share: Callable[..., bool],
+    words: dict[str, list[int]],
+) -> str | None:
     """A persona set up without restrictions in one sentence, or one asked to recite secrets."""
-    if _PERSONA.search(text):
+    if any(w in words for w in _PERSONA_WORDS) and _PERSONA.search(text):
         persona = hits(_PERSONA)
         if share(persona, hits(_UNBOUND)) or share(persona, hits(_SECRETS)):
             return "injection.intent_roleplay"
@@ -948,17 +966,6 @@ def _literal_starts(pattern: re.Pattern[str], shortest: int = 3) -> tuple[str, .
     return tuple(sorted(found))
 
 
-def _starts_at(subject: str, words: tuple[str, ...]) -> list[int]:
-    """Every offset where one of ``words`` begins, in order (C-speed ``find`` loops)."""
-    found: set[int] = set()
-    for w in words:
-        i = subject.find(w)
-        while i != -1:
-            found.add(i)
-            i = subject.find(w, i + 1)
-    return sorted(found)
-
-
 # Where a rule's pattern (its lowered variant where it has one) can begin, when every match begins with one
 # of a few literal words: the rule is tried (``match``) only there instead of searched for through the whole
 # text — Python's re tries a leading alternation at every character, 50-100 µs per 2 KB record. Same matches
@@ -973,11 +980,44 @@ _STARTS: list[tuple[str, ...] | None] = [
 _LONG = 400
 
 
-def _matches(pattern: re.Pattern[str], subject: str, starts: tuple[str, ...] | None) -> Iterator[re.Match[str]]:
+def _word_automaton(words: set[str]) -> Any:
+    """An Aho-Corasick automaton of ``words`` (each its own value): one pass finds every occurrence."""
+    automaton = ahocorasick.Automaton()
+    for w in sorted(words):
+        automaton.add_word(w, w)
+    automaton.make_automaton()
+    return automaton
+
+
+# Every rule's anchors and literal starts and the intent rules' prefilter words, found in one pass over the
+# lower-cased text: testing ~250 words one by one with ``in`` cost ~190 µs per 2 KB record, the automaton
+# ~20 µs. (Every literal start belongs to a lowered pattern, which runs over the lower-cased text.)
+_WORDS = _word_automaton(
+    {a for anchors in _ANCHORS for a in anchors}
+    | {w for starts in _STARTS if starts is not None for w in starts}
+    | {*_TARGET_STEMS, *_PERSONA_WORDS}
+)
+
+
+def _occurrences(lowered: str) -> dict[str, list[int]]:
+    """Where each anchor or literal start word begins in ``lowered`` (every occurrence, overlaps included,
+    in order), for the words that occur."""
+    found: dict[str, list[int]] = {}
+    for end, word in _WORDS.iter(lowered):
+        found.setdefault(word, []).append(end - len(word) + 1)
+    return found
+
+
+def _starts_at(occurrences: dict[str, list[int]], words: tuple[str, ...]) -> list[int]:
+    """Every offset where one of ``words`` begins, in order, from :func:`_occurrences`."""
+    return sorted({i for w in words for i in occurrences.get(w, ())})
+
+
+def _matches(pattern: re.Pattern[str], subject: str, starts: list[int] | None) -> Iterator[re.Match[str]]:
     """The matches ``search`` finds one after another, each searched again from the character after the
-    last one's start — tried only where one of ``starts`` begins, when given."""
+    last one's start — tried only at the offsets ``starts`` (where a match can begin), when given."""
     if starts is not None:
-        for i in _starts_at(subject, starts):
+        for i in starts:
             m = pattern.match(subject, i)
             if m is not None:
                 yield m
@@ -994,21 +1034,22 @@ def _find(text: str, released: str = "") -> tuple[str, int, int] | None:
     same_offsets = len(lowered) == len(text)
     ascii_only = text.isascii()
     skip = family(released) if released else None
+    occurrences = _occurrences(lowered)
     for (rule, pattern), fast, anchors, starts in zip(_RULES, _LOWERED, _ANCHORS, _STARTS, strict=True):
         if (ascii_only and rule.endswith("_ja")) or family(rule) == skip:
+            continue
+        if not any(a in occurrences for a in anchors):
             continue
         if fast is not None and same_offsets:
             subject, pattern = lowered, fast
         else:
-            subject, starts = text, starts if fast is None else None  # the case-insensitive original: none
-        if not any(a in lowered for a in anchors):
-            continue  # the anchors are C-speed substring tests
-        if len(subject) < _LONG:
-            starts = None  # a short text is searched faster than its starts are found
+            subject, starts = text, None  # the case-insensitive original: no literal starts
+        # a short text is searched faster than its starts are tried
+        at = _starts_at(occurrences, starts) if starts is not None and len(subject) >= _LONG else None
         documented_until = 0
         # a skipped match is searched again from its next character, so a real clause that overlaps a
         # harmless one ("neglect the earlier draft, neglect all previous directions") is still found
-        for m in _matches(pattern, subject, starts):
+        for m in _matches(pattern, subject, at):
             if _quoted(text, m.start(), m.end()):
                 continue
             if rule == "injection.markup" and (
@@ -1028,7 +1069,7 @@ def _find(text: str, released: str = "") -> tuple[str, int, int] | None:
                 continue  # "asking the model to reveal its system prompt": about a model, not to it
             return rule, m.start(), m.end()
     masked = _mask_reported(text)
-    intent = _intent_text(masked)
+    intent = _intent_text(masked, occurrences if masked is text else None)
     if intent == "injection.intent_extraction" and _THIRD_PERSON.search(text) and not _YOUR.search(text):
         return None  # "tricked into revealing its system prompt": a report about a model, not an order to it
     if intent is None or family(intent) == skip:
@@ -1063,9 +1104,10 @@ def _mask_reported(text: str) -> str:
 
 def _leet_words(text: str) -> bool:
     """Does the text hold a word that reads as an attack word once its leetspeak digits are letters?"""
-    if not any(c in text for c in "0134579@$!"):
+    lowered = text.lower()
+    if not _LEET_HINT.search(lowered):
         return False
-    for m in _LEET_WORD.finditer(text.lower()):
+    for m in _LEET_WORD.finditer(lowered):
         raw = m.group(0)
         if "@" in raw[1:]:  # the local part and domain of an e-mail address, not leetspeak
             continue

@@ -388,8 +388,9 @@ def test_lowered_rules_match_what_the_case_insensitive_rules_match():
 
 def test_rules_tried_at_their_literal_starts_find_what_a_search_finds():
     """Rules whose every match begins with one of a few literal words are tried only where one begins
-    (faster on long records); over every labelled line, records joined from them, the ordinary text and a
-    seeded fuzz of those words, they find the same matches in the same order as the plain search."""
+    (faster on long records), found with the anchors in one Aho-Corasick pass; over every labelled line,
+    records joined from them, the ordinary text and a seeded fuzz of those words, they find the same
+    matches in the same order as the plain search, and the prefilters never skip a text that matches."""
     import random
 
     from llmops import injection, injection_model
@@ -399,7 +400,9 @@ def test_rules_tried_at_their_literal_starts_find_what_a_search_finds():
     texts += [line for p in sorted(data.glob("ordinary*.txt")) for line in p.read_text(encoding="utf-8").splitlines()]
     texts += [" ".join(texts[i : i + 12]) for i in range(0, len(texts), 12)]  # long records
     words = sorted({w for starts in injection._STARTS if starts for w in starts})
-    pieces = [*words, "previous", "instructions", "all", "your", "the", "my", " ", ". ", "\n", "'", '"', "İ", "Ab"]
+    pieces = [*words, *injection._PERSONA_WORDS, "previous", "instructions", "all", "your", "the", "my", " ", ". "]
+    pieces += ["\n", "'", '"', "İ", "Ab", "chatgpt", "an ai", "are now", "play", "-", "1gn0r3", "@ll", "$y5t3m"]
+    pieces += ["!", "3"]
     rng = random.Random(11)
     texts += [" ".join(rng.choice(pieces) for _ in range(rng.randint(1, 40))) for _ in range(20_000)]
     rules = [
@@ -408,13 +411,34 @@ def test_rules_tried_at_their_literal_starts_find_what_a_search_finds():
         if starts is not None
     ]
     assert len(rules) >= 8
+    assert all(lower for *_, lower in rules)  # the word automaton runs over the lower-cased text only
+    anchors = sorted(
+        {a for group in injection._ANCHORS for a in group}
+        | set(words)
+        | {*injection._TARGET_STEMS, *injection._PERSONA_WORDS}
+    )
     compared = 0
     for text in texts:
         norm = injection.normalise(text)
-        for pattern, starts, lower in rules:
-            subject = norm.lower() if lower else norm  # lowered patterns run over the lower-cased text
-            tried = [(m.span(), m.group(0)) for m in injection._matches(pattern, subject, starts)]
-            assert tried == [(m.span(), m.group(0)) for m in injection._matches(pattern, subject, None)], text[:80]
+        lowered = norm.lower()
+        occurrences = injection._occurrences(lowered)
+        # the automaton finds every word the substring tests find, at every offset ``find`` finds it
+        assert set(occurrences) == {a for a in anchors if a in lowered}, text[:80]
+        for word, offsets in occurrences.items():
+            expected, i = [], lowered.find(word)
+            while i != -1:
+                expected.append(i)
+                i = lowered.find(word, i + 1)
+            assert offsets == expected, (word, text[:80])
+        # the leetspeak words are looked for only where the hint finds a leetspeak character before a letter
+        assert injection._LEET_HINT.search(lowered) or not injection._LEET_WORD.search(lowered), text[:80]
+        # the persona search runs only where one of its words occurs: every match holds one
+        for m in injection._PERSONA.finditer(lowered):
+            assert any(w in m.group(0) for w in injection._PERSONA_WORDS), (m.group(0), text[:80])
+        for pattern, starts, _lower in rules:
+            at = injection._starts_at(occurrences, starts)
+            tried = [(m.span(), m.group(0)) for m in injection._matches(pattern, lowered, at)]
+            assert tried == [(m.span(), m.group(0)) for m in injection._matches(pattern, lowered, None)], text[:80]
             compared += bool(tried)
     assert compared > 3_000
 
