@@ -53,11 +53,16 @@ def test_shipped_model_is_reproducible_from_the_committed_data(model):
     trained = injection_model.train(training_files(), background=background_files())
     assert trained.meta["files"] == model.meta["files"], "retrain: llmops guard train-injection (see docs/guard.md)"
     assert trained.meta["background"] == model.meta["background"] != []
-    assert trained.threshold == pytest.approx(model.threshold, abs=1e-6)
+    for key in ("lines", "background_lines"):
+        assert trained.meta[key] == model.meta[key]
+    # to the solver's tolerance, not the bit: liblinear stops within it, and where it stops moves with the CPU's
+    # BLAS kernels and thread count (measured: weights 0.0008 apart with the AVX-512 kernels off, 0.016 with one
+    # thread; the threshold ~1e-6) — a changed training set moves them by far more, and changes ``files`` first
+    assert trained.threshold == pytest.approx(model.threshold, abs=1e-4)
     assert trained.meta["cv_detection"] == model.meta["cv_detection"]
     assert set(trained.weight) == set(model.weight)
     for f in list(model.weight)[:500]:
-        assert trained.weight[f] == pytest.approx(model.weight[f], abs=1e-4)
+        assert trained.weight[f] == pytest.approx(model.weight[f], abs=0.05)
 
 
 def test_json_round_trip_scores_the_same(model, learned_only):
@@ -226,6 +231,49 @@ def test_addresses_are_dropped_as_the_regex_over_the_whole_text_drops_them():
     for text in texts:
         lowered = text.lower()
         assert injection_model._drop_addresses(lowered) == injection_model._ADDRESS.sub(" ", lowered), repr(text)
+
+
+def _features_one_token_at_a_time(text: str) -> tuple[list[str], list[int]]:
+    """The reference for :func:`injection_model.features`: the plain loop over the tokens."""
+    feats: list[str] = []
+    ends: list[int] = []
+    prev = ""
+    for tok in injection_model._TOKEN.findall(injection_model._drop_addresses(text.lower())):
+        if tok in injection_model._ENDS:
+            if feats and (not ends or ends[-1] != len(feats)):
+                ends.append(len(feats))
+            prev = ""
+            continue
+        feats.append(tok)
+        if tok.isascii():
+            if prev:
+                feats.append(prev + " " + tok)
+            prev = tok
+        else:
+            prev = ""
+            if len(tok) > 2:
+                feats.extend([tok[i : i + 2] for i in range(len(tok) - 1)])
+    if feats and (not ends or ends[-1] != len(feats)):
+        ends.append(len(feats))
+    return feats, ends
+
+
+def test_features_a_sentence_at_a_time_are_the_features_a_token_at_a_time():
+    """features() builds an all-ASCII sentence's features with list operations: over every labelled line,
+    the ordinary text, records joined from them and a seeded fuzz of mixed tokens and sentence ends, the
+    same features in the same order (the score's running sum depends on the order) and the same ends."""
+    import random
+
+    data = ROOT / "benchmarks/data"
+    texts, _ = injection_model.read_labelled(sorted(data.glob("injection*.txt")))
+    texts += [line for p in sorted(data.glob("ordinary*.txt")) for line in p.read_text(encoding="utf-8").splitlines()]
+    texts += [" ".join(texts[i : i + 12]) for i in range(0, len(texts), 12)]
+    parts = ["word", "Other", "x", "日本語", "の", "テスト", ".", ". ", "!", "?", "。", "\n", " ", "<system>", "[inst]"]
+    parts += ["==", "a@b.com", "https://x.y/z", "é", "1", "_", "'"]
+    rng = random.Random(5)
+    texts += ["".join(rng.choice(parts) for _ in range(rng.randint(0, 30))) for _ in range(20_000)]
+    for text in texts:
+        assert injection_model.features(text) == _features_one_token_at_a_time(text), repr(text[:80])
 
 
 def test_rule_hits_are_weighed_and_the_strict_policy_blocks_them():
