@@ -233,49 +233,6 @@ def test_addresses_are_dropped_as_the_regex_over_the_whole_text_drops_them():
         assert injection_model._drop_addresses(lowered) == injection_model._ADDRESS.sub(" ", lowered), repr(text)
 
 
-def _features_one_token_at_a_time(text: str) -> tuple[list[str], list[int]]:
-    """The reference for :func:`injection_model.features`: the plain loop over the tokens."""
-    feats: list[str] = []
-    ends: list[int] = []
-    prev = ""
-    for tok in injection_model._TOKEN.findall(injection_model._drop_addresses(text.lower())):
-        if tok in injection_model._ENDS:
-            if feats and (not ends or ends[-1] != len(feats)):
-                ends.append(len(feats))
-            prev = ""
-            continue
-        feats.append(tok)
-        if tok.isascii():
-            if prev:
-                feats.append(prev + " " + tok)
-            prev = tok
-        else:
-            prev = ""
-            if len(tok) > 2:
-                feats.extend([tok[i : i + 2] for i in range(len(tok) - 1)])
-    if feats and (not ends or ends[-1] != len(feats)):
-        ends.append(len(feats))
-    return feats, ends
-
-
-def test_features_a_sentence_at_a_time_are_the_features_a_token_at_a_time():
-    """features() builds an all-ASCII sentence's features with list operations: over every labelled line,
-    the ordinary text, records joined from them and a seeded fuzz of mixed tokens and sentence ends, the
-    same features in the same order (the score's running sum depends on the order) and the same ends."""
-    import random
-
-    data = ROOT / "benchmarks/data"
-    texts, _ = injection_model.read_labelled(sorted(data.glob("injection*.txt")))
-    texts += [line for p in sorted(data.glob("ordinary*.txt")) for line in p.read_text(encoding="utf-8").splitlines()]
-    texts += [" ".join(texts[i : i + 12]) for i in range(0, len(texts), 12)]
-    parts = ["word", "Other", "x", "日本語", "の", "テスト", ".", ". ", "!", "?", "。", "\n", " ", "<system>", "[inst]"]
-    parts += ["==", "a@b.com", "https://x.y/z", "é", "1", "_", "'"]
-    rng = random.Random(5)
-    texts += ["".join(rng.choice(parts) for _ in range(rng.randint(0, 30))) for _ in range(20_000)]
-    for text in texts:
-        assert injection_model.features(text) == _features_one_token_at_a_time(text), repr(text[:80])
-
-
 def test_rule_hits_are_weighed_and_the_strict_policy_blocks_them():
     """A rule's hit adds the model's rule_weight to the learned score: legitimate lines that quote or
     document an attack (the training sets' hard negatives) can pass, attacks with a rule hit still block;
