@@ -317,6 +317,11 @@ def ledger_check(gw: Any, run_id: str, records: int, billed: dict[str, int]) -> 
     }
 
 
+def pct(ordered: list[int], q: float) -> float:
+    """The q-quantile of an ascending list (nearest rank below), 0 for none."""
+    return float(ordered[min(len(ordered) - 1, int(q * len(ordered)))]) if ordered else 0.0
+
+
 @dataclass
 class Outcome:
     name: str
@@ -414,9 +419,14 @@ def run_scenario(sc: Scenario, work: Path) -> Outcome:
     ceiling = n / bounds[bound]
     achieved = n / summary["elapsed_s"]
     ov = sorted(eng.overheads)
-    p50 = ov[len(ov) // 2] / 1000 if ov else 0.0
-    p95 = ov[min(len(ov) - 1, int(0.95 * len(ov)))] / 1000 if ov else 0.0
+    p50 = pct(ov, 0.5) / 1000
+    p95 = pct(ov, 0.95) / 1000
     cpu_ratio = (summary["cpu"] / n) / base_cpu_per_call
+    stages: dict[str, list[int]] = {}
+    for record in eng.stage_overheads:
+        for stage, ns in record.items():
+            stages.setdefault(stage, []).append(ns)
+    by_stage = {stage: [round(pct(sorted(v), q) / 1000) for q in (0.5, 0.95)] for stage, v in sorted(stages.items())}
     return Outcome(
         sc.name,
         achieved / ceiling,
@@ -441,6 +451,7 @@ def run_scenario(sc: Scenario, work: Path) -> Outcome:
             "limits": summary["limits"],
             "counts": summary["counts"],
             "ledger": check,
+            "stages_us": by_stage,  # p50/p95 of each stage's CPU share per record
         },
     )
 
@@ -541,6 +552,14 @@ def main() -> int:
             f"| {'ok' if o.ledger_ok else 'MISMATCH'} {d['ledger']['rows']} rows, "
             f"{d['ledger']['ledger_nano']}={d['ledger']['billed_nano']} nUSD |"
         )
+    stage_names = sorted({st for o in outcomes for st in o.detail["stages_us"]})
+    if stage_names:
+        print("\nplatform overhead by stage, µs p50/p95 per record (CPU; reserve and write are shares of a batch)")
+        print("| scenario | " + " | ".join(stage_names) + " |")
+        print("|---|" + "---:|" * len(stage_names))
+        for o in outcomes:
+            cells = [o.detail["stages_us"].get(st) for st in stage_names]
+            print(f"| {o.name} | " + " | ".join(f"{c[0]}/{c[1]}" if c else "-" for c in cells) + " |")
     failures = [f for o in outcomes for f in o.failures(args.ci)]
     if mem:
         print("\n| records | peak RSS (MB) | elapsed (s) | ledger rows = records |")
