@@ -6,7 +6,8 @@ Gateway's own methods — and adds what a batch needs to go fast::
     input (streamed) → replay check (one query per group) → access/guard/render/route (runs ahead)
       → budget reservation (one transaction per group, PENDING rows written before any call)
       → per-endpoint RPM/TPM buckets (llmops.ratelimit) → bounded concurrent calls (litellm.acompletion)
-      → checks → settle (batched: one transaction per N results or T ms) → log → output (streamed)
+      → checks and settle, batched on the database thread (one transaction per N results or T ms)
+      → log → output (streamed)
 
 * **Exactly once**: the request key and call id are the Gateway's; a record whose key has a final row is
   replayed, never called; every call is reserved (a PENDING row) in the database before it leaves, so a
@@ -100,7 +101,13 @@ class _Item:
 class _Settle:
     item: _Item
     fields: dict[str, Any]
-    result: Result
+    result: Result | None  # None: answered, its checks not run yet (the writer runs them with the batch)
+    answer: tuple[str, Completion] | None = None  # (model, completion) of such an answer
+
+    @property
+    def settled(self) -> Result:
+        assert self.result is not None, "an answer's result is set when its batch is written"
+        return self.result
 
 
 class Engine:
@@ -570,13 +577,10 @@ class Engine:
                             *[f"fallback: {e}" for e in it.errors],
                             f"route.fallback: answered by {model}",
                         ]
-                    t0 = time.thread_time_ns()
-                    fields, result = gw.settlement(
-                        it.prep, model, result_call_id(gw, it, model), completion, it.prep.reasons
-                    )
-                    it.overhead_ns += (settle_ns := time.thread_time_ns() - t0)
-                    it.stages["settle"] = settle_ns
-                    self._settle(_Settle(it, fields, result))
+                    # checked and costed with its flush batch, one after another on the database thread:
+                    # run alone right after the event loop woke for the response, the same checks took
+                    # ~10x the CPU (cold caches) and held up the loop
+                    self._settle(_Settle(it, {}, None, (model, completion)))
                     return
                 it.errors.append(str(error))
                 it.model_pos += 1
@@ -600,6 +604,10 @@ class Engine:
             self._finish_failed(it)
 
     def _finish_failed(self, it: _Item) -> None:
+        self._settle(self._failed(it))
+
+    def _failed(self, it: _Item) -> _Settle:
+        """The settlement of a record that ends failed (its errors in ``it.errors``)."""
         reasons = [*it.prep.reasons, *[f"call: {e}" for e in it.errors]]
         model = it.tried or it.prep.models[min(it.model_pos, len(it.prep.models) - 1)]
         fields = {"status": Status.FAILED.value, "reserved_nanousd": 0, "reasons": "; ".join(reasons)}
@@ -614,9 +622,26 @@ class Engine:
             findings=it.prep.findings,
         )
         if not it.exists:  # no model was even tried (every circuit open): a plain final row
-            self._settle(_Settle(it, {"__reject__": True, "reasons": reasons}, result))
-            return
-        self._settle(_Settle(it, fields, result))
+            return _Settle(it, {"__reject__": True, "reasons": reasons}, result)
+        return _Settle(it, fields, result)
+
+    def _check_answer(self, s: _Settle) -> None:
+        """DB thread: the output checks and actual cost of an answered call (``Gateway.settlement``)."""
+        assert s.answer is not None
+        it, (model, completion) = s.item, s.answer
+        t0 = time.thread_time_ns()
+        try:
+            s.fields, s.result = self.gw.settlement(
+                it.prep, model, result_call_id(self.gw, it, model), completion, it.prep.reasons
+            )
+        except Exception as exc:  # a bug must not lose the record: fail it, keep the run going
+            log.exception("engine: record %s failed unexpectedly", it.req.record_key)
+            it.errors.append(f"engine: {type(exc).__name__}")
+            failed = self._failed(it)
+            s.fields, s.result = failed.fields, failed.result
+        s.answer = None
+        it.overhead_ns += (ns := time.thread_time_ns() - t0)
+        it.stages["settle"] = ns
 
     # -- stage 4: settle in batches -----------------------------------------------------------------
     def _settle(self, s: _Settle) -> None:
@@ -634,13 +659,14 @@ class Engine:
                 self._flush_now.clear()
                 if self._pending:
                     batch, self._pending = self._pending, []
-                    _, db_ns = await self._in_db(_timed(self._write), batch)
+                    checks_ns, db_ns = await self._in_db(_timed(self._write), batch)
+                    db_ns -= checks_ns  # the answers' checks: counted per record as "settle"
                     for s in batch:
                         if self.profile and s.item.exists:
                             self.overheads.append(s.item.overhead_ns + db_ns // len(batch))
                             self.stage_overheads.append({**s.item.stages, "write": db_ns // len(batch)})
                         self._window.release()
-                        r = s.result
+                        r = s.settled
                         if r.status == Status.OK:
                             self.stats.ok += 1
                         else:
@@ -657,9 +683,15 @@ class Engine:
                 except Exception:
                     log.exception("budget alerts could not be checked at the end of the run")
 
-    def _write(self, batch: list[_Settle]) -> None:
-        """DB thread: settle a batch of results in one transaction, then alerts and logs."""
+    def _write(self, batch: list[_Settle]) -> int:
+        """DB thread: check the batch's answers, settle the batch in one transaction, then alerts and logs.
+        Returns the CPU ns the answers' checks took."""
         gw = self.gw
+        checks_ns = 0
+        for s in batch:
+            if s.answer is not None:
+                self._check_answer(s)
+                checks_ns += s.item.stages["settle"]
         now = datetime.now(UTC)
         plain = [s for s in batch if "__reject__" not in s.fields]
         with gw.ledger.transaction() as session:
@@ -689,18 +721,19 @@ class Engine:
                 s.item.prep.ctx.base["budget_month"],
             )
             for s in plain
-            if s.result.status == Status.OK or s.fields.get("cost_nanousd")
+            if s.settled.status == Status.OK or s.fields.get("cost_nanousd")
         }
         self._check_alerts(scopes)
         for s in plain:
             req = s.item.req
             log_call(
-                s.result,
+                s.settled,
                 user=req.user,
                 department=req.department,
                 prompt=s.item.prep.ctx.base["prompt_name"],
                 prompt_excerpt=s.item.prep.prompt_excerpt,
             )
+        return checks_ns
 
     def _check_alerts(self, scopes: set[tuple[str, str, str, str]], final: bool = False) -> None:
         """DB thread: fire the budget alerts of the budgets a settle touched (department, person and prompt

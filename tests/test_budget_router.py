@@ -177,10 +177,11 @@ def test_an_alert_put_off_is_still_fired_when_the_writer_fails(tmp_path: Path, s
     real_write = Engine._write
 
     def write_then_fail(self, batch):
-        real_write(self, batch)  # committed, its alert check put off (the first check ran at the first write)
+        checks_ns = real_write(self, batch)  # committed, its alert check put off (the first ran at the first write)
         spent, _ = gw.ledger.month_usage("support", gw.budget.month())
         if spent >= 0.8 * to_nano("0.0006"):
             raise RuntimeError("database went away")
+        return checks_ns
 
     monkeypatch.setattr(Engine, "_write", write_then_fail)
     with pytest.raises(RuntimeError, match="database went away"):

@@ -204,6 +204,30 @@ def test_engine_through_gateway_stages_denies_and_blocks(gateway: Gateway):
     assert {r.record_key for r in gateway.ledger.run_rows("r")} == {"1", "2", "3"}
 
 
+def test_an_answer_whose_checks_fail_unexpectedly_fails_alone(gateway: Gateway, monkeypatch):
+    """The answers' checks run with their flush batch on the database thread: a bug in them fails that record
+    (final row, no reservation left) and the run and the batch's other records go on."""
+    real = Gateway.settlement
+
+    def settlement(self, prep, *args):
+        if prep.ctx.req.record_key == "2":
+            raise RuntimeError("checks broke")
+        return real(self, prep, *args)
+
+    monkeypatch.setattr(Gateway, "settlement", settlement)
+    reqs = [
+        Request("hana.sato@example.com", "support", "support_ticket_classify", {"subject": "a", "body": b}, k, "sb")
+        for k, b in (("1", "refund please"), ("2", "card declined"), ("3", "parcel late"))
+    ]
+    got: dict[int, Result] = {}
+    Engine(gateway).run(reqs, lambda i, r: got.__setitem__(i, r))
+    assert [got[i].status for i in range(3)] == [Status.OK, Status.FAILED, Status.OK]
+    assert "engine: RuntimeError" in got[1].reason
+    rows = {r.record_key: r for r in gateway.ledger.run_rows("sb")}
+    assert rows["2"].status == "failed" and rows["2"].reserved_nanousd == 0
+    assert rows["1"].status == rows["3"].status == "ok" and rows["1"].cost_nanousd > 0
+
+
 def test_a_run_freezes_the_heap_it_starts_with_and_unfreezes_it(gateway: Gateway):
     """The objects alive at the start are out of the cyclic collector during the run (a full collection of
     them cost ~0.4 s) and back in it after, also when the host froze nothing; a host's own freeze is kept."""
