@@ -999,6 +999,17 @@ _WORDS = _word_automaton(
 )
 
 
+# the rules each anchor word admits (by index into _RULES), and each rule's family and language
+if len(_ANCHORS) != len(_RULES):
+    raise RuntimeError("injection rules: one tuple of anchor words per rule")
+_RULES_OF: dict[str, tuple[int, ...]] = {}
+for _i, _anchors in enumerate(_ANCHORS):
+    for _a in set(_anchors):
+        _RULES_OF[_a] = (*_RULES_OF.get(_a, ()), _i)
+_FAMILIES = [family(rule) for rule, _pattern in _RULES]
+_JAPANESE = [rule.endswith("_ja") for rule, _pattern in _RULES]
+
+
 def _occurrences(lowered: str) -> dict[str, list[int]]:
     """Where each anchor or literal start word begins in ``lowered`` (every occurrence, overlaps included,
     in order), for the words that occur."""
@@ -1035,11 +1046,11 @@ def _find(text: str, released: str = "") -> tuple[str, int, int] | None:
     ascii_only = text.isascii()
     skip = family(released) if released else None
     occurrences = _occurrences(lowered)
-    for (rule, pattern), fast, anchors, starts in zip(_RULES, _LOWERED, _ANCHORS, _STARTS, strict=True):
-        if (ascii_only and rule.endswith("_ja")) or family(rule) == skip:
+    # in rule order, the rules one of whose anchors occurs (a rule is tried only where one does)
+    for i in sorted({i for word in occurrences for i in _RULES_OF.get(word, ())}):
+        if (ascii_only and _JAPANESE[i]) or _FAMILIES[i] == skip:
             continue
-        if not any(a in occurrences for a in anchors):
-            continue
+        (rule, pattern), fast, starts = _RULES[i], _LOWERED[i], _STARTS[i]
         if fast is not None and same_offsets:
             subject, pattern = lowered, fast
         else:
