@@ -17,6 +17,7 @@ import subprocess
 import sys
 import time
 from contextlib import closing
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -261,12 +262,33 @@ def run_up(
             sup.stop()
 
 
-def _trigger_and_report(api: str, headers: dict[str, str], settings: Settings, sup: Supervisor) -> None:
-    r = httpx.post(
-        f"{api}/api/v2/dags/llm_batch/dagRuns", json={"logical_date": None, "conf": {}}, headers=headers, timeout=30
-    )
+def trigger_run(api: str, headers: dict[str, str], dag_id: str = "llm_batch", attempts: int = 5) -> str:
+    """Trigger a manual run with the form's defaults; its run id.
+
+    The embedded SQLite metadata database can make the API answer 5xx while the scheduler starts the first
+    scheduled runs of freshly unpaused DAGs (seen once on `make up`). A 5xx may still have created the run, so
+    before posting again the manual runs created since the first post are looked up: one run, never two."""
+    url = f"{api}/api/v2/dags/{dag_id}/dagRuns"
+    since = datetime.now(UTC) - timedelta(seconds=5)  # the API server's clock is this machine's
+    for attempt in range(1, attempts + 1):
+        r = httpx.post(url, json={"logical_date": None, "conf": {}}, headers=headers, timeout=30)
+        if r.status_code < 500:
+            r.raise_for_status()
+            return str(r.json()["dag_run_id"])
+        time.sleep(min(2.0 * attempt, 10.0))
+        made = httpx.get(
+            url, params={"run_type": "manual", "run_after_gte": since.isoformat()}, headers=headers, timeout=30
+        )
+        if made.status_code == 200 and made.json().get("dag_runs"):
+            return str(made.json()["dag_runs"][0]["dag_run_id"])
+        if attempt < attempts:
+            print(f"the Airflow API answered {r.status_code} to the trigger of {dag_id}; trying again", flush=True)
     r.raise_for_status()
-    run_id = r.json()["dag_run_id"]
+    raise AssertionError("unreachable: a 5xx raises above")
+
+
+def _trigger_and_report(api: str, headers: dict[str, str], settings: Settings, sup: Supervisor) -> None:
+    run_id = trigger_run(api, headers)
     print(f"\ntriggered llm_batch run {run_id} with the form defaults ...", flush=True)
 
     def finished() -> str | None:
