@@ -625,8 +625,9 @@ class Engine:
             return _Settle(it, {"__reject__": True, "reasons": reasons}, result)
         return _Settle(it, fields, result)
 
-    def _check_answer(self, s: _Settle) -> None:
-        """DB thread: the output checks and actual cost of an answered call (``Gateway.settlement``)."""
+    def _check_answer(self, s: _Settle) -> int:
+        """DB thread: the output checks and actual cost of an answered call (``Gateway.settlement``); the CPU ns
+        they took."""
         assert s.answer is not None
         it, (model, completion) = s.item, s.answer
         t0 = time.thread_time_ns()
@@ -642,6 +643,7 @@ class Engine:
         s.answer = None
         it.overhead_ns += (ns := time.thread_time_ns() - t0)
         it.stages["settle"] = ns
+        return ns
 
     # -- stage 4: settle in batches -----------------------------------------------------------------
     def _settle(self, s: _Settle) -> None:
@@ -690,8 +692,7 @@ class Engine:
         checks_ns = 0
         for s in batch:
             if s.answer is not None:
-                self._check_answer(s)
-                checks_ns += s.item.stages["settle"]
+                checks_ns += self._check_answer(s)
         now = datetime.now(UTC)
         plain = [s for s in batch if "__reject__" not in s.fields]
         with gw.ledger.transaction() as session:

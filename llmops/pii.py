@@ -551,14 +551,8 @@ def _engine(ja_names: bool) -> Any:
     # recognizers enhances by context (the validators check context, on the folded text) and the enhancer is
     # _NoContext. The results are already grouped in recognizer order, so skipping it changes nothing.
     no_op = EntityRecognizer.enhance_using_context
-    if all(type(r).enhance_using_context is no_op for r in recs):
-        return _WithoutContextStep(
-            registry=registry,
-            nlp_engine=nlp,
-            supported_languages=list(LANGUAGES),
-            context_aware_enhancer=_NoContext(),
-        )
-    return AnalyzerEngine(
+    skip = all(type(r).enhance_using_context is no_op for r in recs)
+    return (_WithoutContextStep if skip else AnalyzerEngine)(
         registry=registry,
         nlp_engine=nlp,
         supported_languages=list(LANGUAGES),
