@@ -506,7 +506,9 @@ class Engine:
         lim = self.limiters.get(key)
         if lim is None:
             rpm, tpm = (entry.rpm, entry.tpm) if self.use_catalog_limits else (None, None)
-            lim = self.limiters[key] = EndpointLimiter(rpm, tpm, headroom=self.headroom, burst_s=self.burst_s)
+            lim = self.limiters[key] = EndpointLimiter(
+                rpm, tpm, headroom=self.headroom, burst_s=self.burst_s, wave=self.concurrency
+            )
         return lim
 
     async def _send(self, entry: Any, it: _Item) -> Completion:
@@ -654,10 +656,11 @@ class Engine:
     async def _writer(self) -> None:
         try:
             while True:
-                try:
-                    await asyncio.wait_for(self._flush_now.wait(), self.flush_interval_s)
-                except TimeoutError:
-                    pass
+                if not self._writer_done:  # at the end, the last batch is written at once
+                    try:
+                        await asyncio.wait_for(self._flush_now.wait(), self.flush_interval_s)
+                    except TimeoutError:
+                        pass
                 self._flush_now.clear()
                 if self._pending:
                     batch, self._pending = self._pending, []

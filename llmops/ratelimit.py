@@ -13,11 +13,14 @@ only when the provider will admit them:
 * a 429 blocks the endpoint until its ``Retry-After`` has passed (never earlier) and empties the
   buckets, so the endpoint restarts at the refill rate instead of in a storm;
 * waiters are served first come, first served (one lock per endpoint), so there is no thundering herd;
-* the first request to an endpoint goes ahead alone (a probe) and the others wait for its answer, known
-  limits or not: the answer brings the headers (the provider's real level) before the first wave leaves,
-  and the first call's lazy imports and connection set-up, which can block the event loop for seconds,
-  are over — a burst admitted while they ran reached the provider bunched up with the next one and drew
-  429s (waiting only 50 ms of loop time past the probe did not prevent it).
+* the first request to an endpoint goes ahead alone (a probe) and the others wait for its answer when the
+  limits are unknown or tight: the answer brings the headers (the provider's real level) before the first
+  wave leaves, and the first call's lazy imports and connection set-up, which can block the event loop for
+  seconds, are over — a burst admitted while they ran reached the provider bunched up with the next one
+  and drew 429s (waiting only 50 ms of loop time past the probe did not prevent it). Known limits whose
+  burst holds two whole waves of the client (``wave`` requests — its concurrency — at the first request's
+  charge) cannot be overrun by such bunching, so there the first wave leaves at once: the probe would cost
+  one full latency of every other slot (2.5 % of a 640-call run at 16 slots and 0.48 s per call).
 
 Requests reach the provider with network and scheduling jitter, so two that left 1/rate apart may arrive
 together. The client therefore keeps ``jitter_s`` (default 0.25 s) of the provider's bucket unused: its
@@ -99,9 +102,11 @@ class EndpointLimiter:
         headroom: float = 0.99,
         burst_s: float = 1.0,
         jitter_s: float = 0.25,
+        wave: int | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.headroom = headroom
+        self.wave = wave  # the most requests the client has in flight to the endpoint (None: unknown)
         self.burst_s = burst_s
         self.jitter_s = jitter_s
         self._clock = clock
@@ -159,8 +164,10 @@ class EndpointLimiter:
             if not self._probe_done.is_set():
                 if self._probe_sent:
                     await self._probe_done.wait()
-                else:
+                elif self._needs_probe(tokens):
                     self._probe_sent = True  # this request is the probe; the others wait for its answer
+                else:
+                    self._probe_done.set()
             while True:
                 wait = self.wait_time(tokens)
                 if wait <= 0:
@@ -172,6 +179,16 @@ class EndpointLimiter:
                 self.tokens.take(tokens)
             self.stats.admitted += 1
             self.stats.waited_s += self._clock() - started
+
+    def _needs_probe(self, tokens: int) -> bool:
+        """Whether the first wave must wait for one answer: limits unknown, the client's wave unknown, or a
+        known bucket whose burst does not hold two waves at this charge."""
+        if self.source == "unknown" or self.wave is None:
+            return True
+        for bucket, charge in ((self.requests, 1), (self.tokens, tokens)):
+            if bucket is not None and bucket.capacity < 2 * self.wave * charge:
+                return True
+        return False
 
     def answered(self) -> None:
         """A request of this endpoint came back (any outcome): the probe, if it was, is over."""

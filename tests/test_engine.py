@@ -3,6 +3,7 @@ Retry-After never anticipated, exactly-once ledger (rerun replays, summed cost =
 
 from __future__ import annotations
 
+import asyncio
 import json
 import random
 from pathlib import Path
@@ -264,6 +265,31 @@ def test_limiter_units():
     slack = EndpointLimiter(600, None, burst_s=1.0, jitter_s=0.25)  # 10/s: keep 2.5 requests of the burst unused
     assert slack.requests is not None and slack.requests.capacity == pytest.approx(9.9 - 2.475)
     assert parse_duration("6m0s") == 360 and parse_duration("20ms") == 0.02 and parse_duration("1.5s") == 1.5
+
+
+def test_first_wave_waits_for_a_probe_only_when_limits_are_unknown_or_tight():
+    """The first request to an endpoint goes alone when the limits are unknown or a bunched first wave could
+    overrun the burst; known limits with room for two waves let the whole first wave leave at once."""
+
+    async def second_request_waits(lim: EndpointLimiter) -> bool:
+        await lim.acquire(500)  # the first request
+        second = asyncio.create_task(lim.acquire(500))
+        await asyncio.sleep(0.05)
+        waited = not second.done()
+        lim.answered()  # the first answer: the probe is over
+        await asyncio.wait_for(second, 1)
+        return waited
+
+    async def cases() -> list[bool]:
+        return [
+            await second_request_waits(EndpointLimiter(None, None, wave=16)),  # limits unknown
+            await second_request_waits(EndpointLimiter(1_000_000, 10**9)),  # the client's wave unknown
+            await second_request_waits(EndpointLimiter(1200, 10**9, wave=32)),  # burst ~15 requests < 2 waves
+            await second_request_waits(EndpointLimiter(1_000_000, 720_000, wave=32)),  # ~9k tokens < 2 x 32 x 500
+            await second_request_waits(EndpointLimiter(1_000_000, 10**9, wave=16)),  # room for 2 waves: no probe
+        ]
+
+    assert asyncio.run(cases()) == [True, True, True, True, False]
 
 
 def test_stream_input_errors(gateway: Gateway, tmp_path: Path):
