@@ -42,6 +42,18 @@ def test_rerun_replays_and_never_bills_twice(gateway: Gateway):
         assert s.scalar(select(func.count()).select_from(LlmCall)) == 1
 
 
+def test_warm_up_builds_the_guard_and_writes_nothing(gateway: Gateway, caplog: pytest.LogCaptureFixture):
+    from llmops import pii
+
+    pii._engine.cache_clear()
+    caplog.set_level("DEBUG")
+    gateway.warm_up()
+    assert pii._engine.cache_info().currsize == 1  # the analyzer exists before the first record
+    with gateway.ledger.transaction() as s:
+        assert s.scalar(select(func.count()).select_from(LlmCall)) == 0
+    assert not [r for r in caplog.records if r.levelno >= 30], "warm-up must not warn or log decisions"
+
+
 def test_denied_blocked_and_failed_are_terminal(gateway: Gateway):
     denied = gateway.process(_req(prompt="contract_review", variables={"contract_text": "x"}, record_key="d"))
     assert denied.status == Status.DENIED and denied.reasons[0].startswith("access.prompt")
