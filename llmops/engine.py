@@ -250,6 +250,7 @@ class Engine:
         rejected: list[tuple[int, Rejected]] = []
         deferred: list[tuple[int, Request]] = []
         throttled: list[_Item] = []  # under a person/department rate limit: admitted together below
+        streak = 0
         for i, req, pv, key in lookups:
             row = existing.get(key)
             if row is not None and is_final(row):
@@ -279,9 +280,14 @@ class Engine:
                 throttled.append(item)
             else:
                 await self._queue.put(item)
-            # let responses, admissions and settlements through after every record: yielding every fourth
-            # record held the loop ~4-6 ms at a time, which delayed answers and slowed the first wave's start
-            await asyncio.sleep(0)
+            # Let answers, admissions and settlements through: after every record while calls are too few to
+            # fill the slots (the first wave, or the calls outran the producer), so each call leaves as soon as
+            # it is prepared; after every fourth otherwise, so admission reserves groups in one transaction
+            # (one record per transaction tripled the reservation's share of a record's CPU at p95).
+            streak += 1
+            if streak >= 4 or len(self._tasks) < self.concurrency:
+                streak = 0
+                await asyncio.sleep(0)
         if rejected:
             results = await self._in_db(gw.reject_many, [r for _, r in rejected])
             for (i, _), result in zip(rejected, results, strict=True):
