@@ -36,9 +36,20 @@ def _records(path: Path, n: int, seed: int = 3) -> Path:
 
 
 def _gateway(
-    tmp_path: Path, srv, *, rpm: int | None = None, tpm: int | None = None, quota: dict | None = None, **kw
+    tmp_path: Path,
+    srv,
+    *,
+    rpm: int | None = None,
+    tpm: int | None = None,
+    quota: dict | None = None,
+    no_quotas: bool = False,
+    **kw,
 ) -> Gateway:
     policy = yaml.safe_load((ROOT / "llmops.yaml").read_text())
+    if no_quotas:  # records of people under a rate limit are admitted through it, not as waves
+        for section in ("departments", "people"):
+            for entry_ in policy[section].values():
+                entry_.pop("rate_limit", None)
     if quota:
         policy["people"]["hana.sato@example.com"]["rate_limit"] = quota
         policy["departments"]["support"]["rate_limit"] = quota
@@ -290,6 +301,30 @@ def test_first_wave_waits_for_a_probe_only_when_limits_are_unknown_or_tight():
         ]
 
     assert asyncio.run(cases()) == [True, True, True, True, False]
+
+
+def test_first_wave_is_reserved_and_sent_together(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """The records that fill the idle slots at the start are handed on together: one reservation transaction
+    for the whole first wave (not one per record), so its calls leave as one wave."""
+    srv = run_in_thread(SimConfig(port=0, api_key=SIM_KEY, latency_scale=0.2))
+    try:
+        gw = _gateway(tmp_path, srv, no_quotas=True)
+        sizes: list[int] = []
+        reserve = Engine._reserve
+
+        def spy(self: Engine, items: list) -> tuple:
+            sizes.append(len(items))
+            return reserve(self, items)
+
+        monkeypatch.setattr(Engine, "_reserve", spy)
+        data = _records(tmp_path / "in.jsonl", 30)
+        summary, _ = _run(gw, data, "wave", concurrency=8)
+        assert summary["counts"] == {"ok": 30}
+        assert sizes[0] == 8, sizes  # the whole first wave in one transaction
+        assert sum(sizes) == 30
+        _assert_exactly_once(gw, "wave", 30, srv)
+    finally:
+        srv.stop()
 
 
 def test_stream_input_errors(gateway: Gateway, tmp_path: Path):
