@@ -284,12 +284,11 @@ class Engine:
             if gw.rates.scopes(req.user, req.department):
                 throttled.append(item)
                 continue
-            # While the slots are not all taken (the first wave, or calls that outran the producer), hold the
-            # prepared records until there are enough to fill them (at most _WAVE_MAX: the loop does nothing
-            # else meanwhile, ~1 ms per record), then hand them on together: admission
-            # reserves them in one transaction and they leave as one wave, as a bare client's first calls
-            # do. Handed on one by one, the first wave left spread over 0.1-0.2 s, and that spread stayed
-            # in the run (its last wave ended as spread, idling slots at the end as well).
+            # While slots are idle (the first wave, or calls that outran the producer), hold prepared records
+            # until they fill them (at most _WAVE_MAX: the loop does nothing else meanwhile, ~1 ms a record),
+            # then hand them on together: admission reserves them in one transaction and they leave as one
+            # wave, as a bare client's first calls do. Handed on one by one, the first wave left spread over
+            # 0.1-0.2 s, and the run kept that spread to its end (idle slots in the last wave as well).
             held.append(item)
             idle = self._idle_slots()
             if len(held) < min(idle, _WAVE_MAX):

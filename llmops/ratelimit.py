@@ -13,8 +13,8 @@ only when the provider will admit them:
 * a 429 blocks the endpoint until its ``Retry-After`` has passed (never earlier) and empties the
   buckets, so the endpoint restarts at the refill rate instead of in a storm;
 * waiters are served first come, first served (one lock per endpoint), so there is no thundering herd;
-* the first request to an endpoint goes ahead alone (a probe) and the others wait for its answer when the
-  limits are unknown or tight: the answer brings the headers (the provider's real level) before the first
+* the first request to an endpoint goes ahead alone (a probe) and the others wait for its answer when a
+  limit is unknown or tight: the answer brings the headers (the provider's real level) before the first
   wave leaves, and the first call's lazy imports and connection set-up, which can block the event loop for
   seconds, are over — a burst admitted while they ran reached the provider bunched up with the next one
   and drew 429s (waiting only 50 ms of loop time past the probe did not prevent it). Known limits whose
@@ -181,14 +181,12 @@ class EndpointLimiter:
             self.stats.waited_s += self._clock() - started
 
     def _needs_probe(self, tokens: int) -> bool:
-        """Whether the first wave must wait for one answer: limits unknown, the client's wave unknown, or a
-        known bucket whose burst does not hold two waves at this charge."""
-        if self.source == "unknown" or self.wave is None:
+        """Whether the first wave must wait for one answer: a limit unknown (RPM or TPM — the one the catalog
+        leaves out may be the provider's tighter one), the client's wave unknown, or a bucket whose burst
+        does not hold two waves at this charge."""
+        if self.requests is None or self.tokens is None or self.wave is None:
             return True
-        for bucket, charge in ((self.requests, 1), (self.tokens, tokens)):
-            if bucket is not None and bucket.capacity < 2 * self.wave * charge:
-                return True
-        return False
+        return self.requests.capacity < 2 * self.wave or self.tokens.capacity < 2 * self.wave * tokens
 
     def answered(self) -> None:
         """A request of this endpoint came back (any outcome): the probe, if it was, is over."""

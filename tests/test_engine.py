@@ -301,6 +301,8 @@ def test_first_wave_waits_for_a_probe_only_when_limits_are_unknown_or_tight():
         ]
 
     assert asyncio.run(cases()) == [True, True, True, True, False]
+    # a limit the catalog leaves out may be the provider's tighter one: the first request still goes alone
+    assert asyncio.run(second_request_waits(EndpointLimiter(1_000_000, None, wave=16)))
 
 
 def test_first_wave_is_reserved_and_sent_together(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
