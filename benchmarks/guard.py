@@ -35,7 +35,7 @@ from llmops.policy import GuardPolicy
 
 DATA = Path(__file__).parent / "data"
 # the held-out sets, oldest first: the last is the freshest (never screened before its first run)
-HELD_OUT = (4, 5, 6, 7, 11, 15, 16, 17)
+HELD_OUT = (4, 5, 6, 7, 11, 15, 16, 17, 18)
 TARGETS = {"recall": 0.99, "precision": 0.95, "detection": 0.90, "false_positives": 0.02, "p95_ms": 2.0}
 
 

@@ -53,6 +53,7 @@ def test_learned_layer_on_the_held_out_sets():
         "injection_heldout15.txt",
         "injection_heldout16.txt",
         "injection_heldout17.txt",
+        "injection_heldout18.txt",
     ):
         pos, neg = bench.load_injection(name)
         detection = sum(bool(screen_injection(t)) for t in pos) / len(pos)
