@@ -60,8 +60,12 @@ _LEET = str.maketrans({"0": "o", "1": "i", "3": "e", "4": "a", "5": "s", "7": "t
 _DOTTED = re.compile(r"\b(?:[A-Za-z][.\-_*]){2,}[A-Za-z]\b")  # i.g.n.o.r.e
 _SPACED_JA = re.compile(r"(?:[\u3040-\u30ff\u4e00-\u9fff。、] ){3,}[\u3040-\u30ff\u4e00-\u9fff。、]")
 _SPACED = re.compile(r"\b(?:[A-Za-z] ){3,}[A-Za-z]\b")  # i g n o r e
-# what either form needs somewhere: three letters split by '.-_*' or four by spaces
-_SPLIT_HINT = re.compile(r"[A-Za-z](?:[.\-_*][A-Za-z][.\-_*]| [A-Za-z] [A-Za-z] )[A-Za-z]")
+# what either form needs somewhere: three letters split by '.-_*' or four by spaces. Written to start at
+# the first separator (letter before it by look-behind): matched from every letter, as
+# r"[A-Za-z](?:[.\-_*][A-Za-z][.\-_*]| [A-Za-z] [A-Za-z] )[A-Za-z]" was, the scan cost 37-60 µs per 2 KB
+_SPLIT_HINT = re.compile(
+    r"[.\-_* ](?<=[A-Za-z][.\-_* ])(?:(?<=[.\-_*])[A-Za-z][.\-_*]|(?<= )[A-Za-z] [A-Za-z] )[A-Za-z]"
+)
 _B64 = re.compile(r"(?<![A-Za-z0-9+/=])[A-Za-z0-9+/]{16,}={0,2}(?![A-Za-z0-9+/=])")
 _HEX = re.compile(r"(?:[0-9A-Fa-f]{2}){12,}")
 _LONG_RUN = re.compile(r"[A-Za-z0-9+/]{16}")
