@@ -710,6 +710,21 @@ def main() -> None:
     except LlmopsError as exc:
         typer.echo(f"error: {exc}", err=True)
         sys.exit(exc.exit_code)
+    except Exception as exc:
+        # A bug, not bad input. Its message may quote a record (PII, secrets): only its type and where it
+        # was raised are printed, unless LLMOPS_DEBUG=1 asks for the full traceback.
+        if os.environ.get("LLMOPS_DEBUG") == "1":
+            raise
+        where = exc.__traceback__
+        while where is not None and where.tb_next is not None:
+            where = where.tb_next
+        origin = f"{where.tb_frame.f_code.co_filename}:{where.tb_lineno}" if where is not None else "?"
+        typer.echo(
+            f"error: unexpected {type(exc).__name__} raised at {origin} (the message is withheld: it may quote "
+            "a record) — fix: rerun with LLMOPS_DEBUG=1 for the traceback and report it",
+            err=True,
+        )
+        sys.exit(70)
 
 
 if __name__ == "__main__":

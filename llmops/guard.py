@@ -78,23 +78,20 @@ def guard_variables(
         return GuardVerdict("block", {}, rule=f"guard_error: {type(exc).__name__}")
 
 
-class _Blocked(Exception):
-    pass
-
-
 def _guard(variables: Mapping[str, Any], policy: GuardPolicy, data_class: str, released: str) -> GuardVerdict:
+    block_rule: str | None = None
     if policy.injection == "block":
         released_rule = released if released.startswith("injection.") else ""
         for value in _strings(variables):
-            rule = screen_injection(
+            block_rule = screen_injection(
                 value,
                 released=released_rule,
                 learned=policy.injection_model,
                 threshold=policy.injection_threshold,
                 rules_block=policy.injection_rules_block,
             )  # a released rule only: the others still block
-            if rule:
-                return GuardVerdict("block", {}, rule=rule)
+            if block_rule:
+                break
     rules = policy.for_class(data_class)
     counters: dict[str, int] = {}
     by_value: dict[tuple[str, str], str] = {}
@@ -103,7 +100,10 @@ def _guard(variables: Mapping[str, Any], policy: GuardPolicy, data_class: str, r
     allowed: set[str] = set()
     spans: list[Finding] = []
 
+    # A blocked record is still screened to the end: its quarantine entry and audit line count every finding
+    # type (a data owner reviewing an injection block learns the record also holds two e-mail addresses).
     def redact(text: str) -> str:
+        nonlocal block_rule
         to_replace: list[Finding] = []
         for f in detect(text, ja_names=policy.ja_name_pipeline):
             spans.append(f)
@@ -112,7 +112,8 @@ def _guard(variables: Mapping[str, Any], policy: GuardPolicy, data_class: str, r
             if action == "block" and released == f"pii.{f.pii_type.lower()}":
                 action = "redact"
             if action == "block":
-                raise _Blocked(f"pii.{f.pii_type.lower()}")
+                block_rule = block_rule or f"pii.{f.pii_type.lower()}"
+                continue
             if action == "allow":
                 allowed.add(f.pii_type)
                 continue
@@ -122,12 +123,13 @@ def _guard(variables: Mapping[str, Any], policy: GuardPolicy, data_class: str, r
                 by_value[key] = f"<{f.pii_type}_{counters[f.pii_type]}>"
                 placeholders[by_value[key]] = key[1]
             to_replace.append(f)
+        if block_rule:
+            return text  # nothing of a blocked record is sent: no need to redact it
         return anonymize(text, to_replace, lambda f: by_value[(f.pii_type, text[f.start : f.end])])
 
-    try:
-        cleaned = _map_strings(variables, redact)
-    except _Blocked as b:
-        return GuardVerdict("block", {}, findings=findings, rule=str(b))
+    cleaned = _map_strings(variables, redact)
+    if block_rule:
+        return GuardVerdict("block", {}, findings=findings, rule=block_rule, spans=spans)
     action = "redact" if placeholders else "allow"
     return GuardVerdict(
         action,

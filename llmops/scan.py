@@ -11,7 +11,7 @@ import json
 from collections.abc import Iterable, Iterator
 from typing import Any
 
-from llmops.guard import detect, guard_variables
+from llmops.guard import guard_variables
 from llmops.policy import Policy
 
 
@@ -32,9 +32,8 @@ def scan_record(record: dict[str, Any], policy: Policy) -> dict[str, Any]:
             return {**out, "decision": "denied", "rule": "access.data_class", "findings": []}
     verdict = guard_variables({"text": text}, policy.guard, str(data_class))
     decision = verdict.action
-    # A block stops the guard before (injection) or during (a blocking PII type) detection: detect in full then.
-    found = detect(text, ja_names=policy.guard.ja_name_pipeline) if decision == "block" else verdict.spans
-    findings = [{"type": f.pii_type, "start": f.start, "end": f.end, "score": f.score} for f in found]
+    # every finding, a blocked record's too (the guard screens it to the end); none after a guard error
+    findings = [{"type": f.pii_type, "start": f.start, "end": f.end, "score": f.score} for f in verdict.spans]
     result = {**out, "decision": decision, "rule": verdict.rule, "findings": findings}
     if decision != "block":
         result["redacted_text"] = verdict.variables.get("text", text)
