@@ -484,7 +484,8 @@ def guard_quarantine(run: Annotated[str | None, typer.Option(help="only this run
     """Blocked and denied records awaiting review: reason, rule, finding types and counts (never raw PII)."""
     from sqlalchemy import select
 
-    from llmops.ledger import Ledger, Quarantine
+    from llmops.ledger import Ledger, LlmCall, Quarantine
+    from llmops.types import GUARD_ERROR, Status
 
     led = Ledger(_settings().ledger_database_url)
     stmt = select(Quarantine).order_by(Quarantine.id)
@@ -492,8 +493,17 @@ def guard_quarantine(run: Annotated[str | None, typer.Option(help="only this run
         stmt = stmt.where(Quarantine.run_id == run)
     with led.transaction() as s:
         rows = list(s.scalars(stmt))
+        # a guard error is screened again by a rerun of its run: show what became of the record
+        retried = [q.request_key for q in rows if q.rule == GUARD_ERROR]
+        now = dict(s.execute(select(LlmCall.request_key, LlmCall.status).where(LlmCall.request_key.in_(retried))).all())
     for q in rows:
         state = f"released by {q.released_by}" if q.released_at else "awaiting review"
+        if q.rule == GUARD_ERROR:
+            state = (
+                "awaiting a rerun of its run"
+                if now.get(q.request_key, Status.BLOCKED) == Status.BLOCKED
+                else f"cleared by a rerun: {now[q.request_key]}"
+            )
         typer.echo(
             f"{q.created_at:%Y-%m-%d %H:%M} {q.request_key} {q.status:8} {q.run_id} {q.record_key} "
             f"{q.prompt_name}@{q.prompt_version} {q.department}/{q.user} rule={q.rule} findings={q.findings} "

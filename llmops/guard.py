@@ -24,6 +24,7 @@ from typing import Any
 from llmops import injection
 from llmops.pii import Finding, NamePipelineUnavailable, detect
 from llmops.policy import GuardPolicy
+from llmops.types import GUARD_ERROR
 
 log = logging.getLogger("llmops.guard")
 
@@ -75,7 +76,7 @@ def guard_variables(
         origin = f"{where.tb_frame.f_code.co_filename}:{where.tb_lineno}" if where is not None else "?"
         detail = str(exc) if isinstance(exc, NamePipelineUnavailable) else f"raised at {origin}"
         log.error("guard error, record blocked: %s (%s)", type(exc).__name__, detail)
-        return GuardVerdict("block", {}, rule=f"guard_error: {type(exc).__name__}")
+        return GuardVerdict("block", {}, rule=f"{GUARD_ERROR}: {type(exc).__name__}")
 
 
 def _guard(variables: Mapping[str, Any], policy: GuardPolicy, data_class: str, released: str) -> GuardVerdict:

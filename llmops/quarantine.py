@@ -46,7 +46,8 @@ def release(ledger: Ledger, policy: Policy, request_key: str, *, by: str, note: 
         if not q.rule.startswith(RELEASABLE):
             raise RequestError(
                 f"{request_key} was {q.status} by rule {q.rule!r}, which cannot be released",
-                "access denials are decided by llmops.yaml; guard errors clear on a rerun",
+                "access denials are decided by llmops.yaml; a guard error is screened again when its run is rerun "
+                "(same run id: Airflow clear, or llmops batch run --run-id)",
             )
         head = policy.departments[q.department].head if q.department in policy.departments else None
         if by != head and by not in policy.admins:

@@ -26,6 +26,7 @@ class Status(StrEnum):
 
 #: Statuses that are final for a request key: a rerun reuses them and never calls again.
 FINAL_STATUSES = frozenset({Status.OK, Status.BLOCKED, Status.DENIED})
+GUARD_ERROR = "guard_error"  # the rule of a record blocked because a check raised (fail closed)
 
 
 @dataclass(frozen=True)

@@ -64,6 +64,51 @@ def test_guard_fault_blocks_with_guard_error(gateway: Gateway, monkeypatch, sim)
     assert res.status == Status.BLOCKED and res.reason == "guard_error: RuntimeError"
 
 
+def test_a_guard_error_is_screened_again_when_its_run_is_rerun(gateway: Gateway, monkeypatch, sim):
+    """A guard error says nothing about the record: the batch's rerun (same run id) screens it again, and
+    the quarantine listing shows what became of it; nothing is billed twice."""
+    import llmops.guard as guard
+    from llmops.ledger import LlmCall
+
+    spec = BatchSpec(
+        prompt="support_ticket_classify",
+        input="sample:support_tickets.csv",
+        department="support",
+        user="hana.sato@example.com",
+        run_id="ge1",
+    )
+    real = guard.detect
+
+    def boom(*_a, **_k):
+        raise RuntimeError("recognizer crashed")
+
+    monkeypatch.setattr(guard, "detect", boom)
+    first = run_batch(gateway, spec)
+    with gateway.ledger.transaction() as s:
+        rows = list(s.query(LlmCall).filter(LlmCall.run_id == "ge1"))
+    assert rows and {r.status for r in rows} == {"blocked"}
+    assert sum(r.reasons.startswith("guard_error") for r in rows) >= len(rows) - 1  # T-1010 is an injection
+    monkeypatch.setattr(guard, "detect", real)
+    second = run_batch(gateway, spec)
+    with gateway.ledger.transaction() as s:
+        rows = list(s.query(LlmCall).filter(LlmCall.run_id == "ge1"))
+        quarantined = {q.record_key: q.rule for q in s.query(Quarantine).filter(Quarantine.run_id == "ge1")}
+    assert first["records"] == second["records"] == len(rows)
+    assert {r.record_key: r.status for r in rows if r.status != "ok"} == {"T-1010": "blocked"}
+    assert not any(r.reasons.startswith("guard_error") for r in rows)
+    env = dict(os.environ, LLMOPS_DATA_DIR=str(gateway.settings.data_path), LLMOPS_HOME=str(ROOT))
+    r = subprocess.run(
+        [sys.executable, "-m", "llmops", "guard", "quarantine", "--run", "ge1"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    cleared = [line for line in r.stdout.splitlines() if "cleared by a rerun: ok" in line]
+    assert r.returncode == 0 and len(cleared) == len(rows) - 1, r.stdout
+    assert quarantined["T-1010"] == "injection.override"
+
+
 def test_blocked_and_denied_records_are_quarantined_without_text(gateway: Gateway, tmp_path: Path, sim):
     run_batch(
         gateway,

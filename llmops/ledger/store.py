@@ -20,13 +20,17 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from llmops.errors import LedgerError
 from llmops.ledger.models import BatchRun, DeadLetter, LlmCall
-from llmops.types import FINAL_STATUSES, Status
+from llmops.types import FINAL_STATUSES, GUARD_ERROR, Status
 
 _MIGRATIONS = Path(__file__).parent / "migrations"
 
 
 def is_final(row: LlmCall) -> bool:
-    """Final rows are never called again: ok/blocked/denied, or a failure that was already billed."""
+    """Final rows are never called again: ok/blocked/denied, or a failure that was already billed. A block
+    for a guard error is not: it says nothing about the record (the guard failed, closed), so a rerun of the
+    same run screens it again — nothing was sent or billed for it."""
+    if row.status == Status.BLOCKED and row.reasons.startswith(GUARD_ERROR):
+        return False
     return row.status in FINAL_STATUSES or (row.status == Status.FAILED and row.cost_nanousd > 0)
 
 
