@@ -24,6 +24,9 @@ Provider = Literal[
     "simulator", "openai", "anthropic", "azure", "gemini", "bedrock", "ollama", "vllm", "openai_compatible"
 ]
 
+SELF_HOSTED_PROVIDERS = frozenset({"simulator", "ollama", "vllm"})  # run by the company, never a third party
+SELF_HOSTABLE_PROVIDERS = SELF_HOSTED_PROVIDERS | {"openai_compatible"}  # may be declared self_hosted: true
+
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -73,11 +76,20 @@ class ModelEntry(_Strict):
     rpm: int | None = Field(None, gt=0)
     tpm: int | None = Field(None, gt=0)
     clearance: DataClass = "internal"
+    self_hosted: bool | None = Field(
+        None,
+        description="an endpoint the company runs itself; default: true for simulator, ollama and vllm; may be "
+        "set for openai_compatible (never for a hosted provider). Restricted clearance requires it",
+    )
     tier: Literal["small", "medium", "large"] = "medium"
     input_usd_per_mtok: Decimal | None = Field(None, ge=0)
     output_usd_per_mtok: Decimal | None = Field(None, ge=0)
     quality: float = Field(0.7, ge=0, le=1, description="catalog default until evaluations exist")
     latency_ms: int = Field(1000, gt=0, description="catalog default p95 until the ledger has data")
+
+    @property
+    def is_self_hosted(self) -> bool:
+        return self.provider in SELF_HOSTED_PROVIDERS if self.self_hosted is None else self.self_hosted
 
     def price(self) -> tuple[Decimal, Decimal]:
         """(input, output) USD per million tokens. Policy loading guarantees one exists."""
@@ -209,6 +221,19 @@ class Policy(_Strict):
                     "routing.default_models", f"unknown model {name!r}", "list models defined under models:"
                 )
         for name, entry in self.models.items():
+            if entry.self_hosted and entry.provider not in SELF_HOSTABLE_PROVIDERS:
+                raise _RefError(
+                    f"models.{name}.self_hosted",
+                    f"provider {entry.provider!r} is a hosted service, not a self-hosted endpoint",
+                    "remove self_hosted (only simulator, ollama, vllm and openai_compatible endpoints can be)",
+                )
+            if entry.clearance == "restricted" and not entry.is_self_hosted:
+                raise _RefError(
+                    f"models.{name}.clearance",
+                    "restricted data may only go to a self-hosted endpoint, and this model is not one",
+                    "lower its clearance to confidential, or serve it yourself (ollama, vllm, or an "
+                    "openai_compatible endpoint you run, marked self_hosted: true)",
+                )
             if (entry.input_usd_per_mtok is None) != (entry.output_usd_per_mtok is None):
                 raise _RefError(
                     f"models.{name}",

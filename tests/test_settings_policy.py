@@ -63,6 +63,37 @@ def test_unpriced_model_fails_to_load(tmp_path: Path):
         load_policy(p)
 
 
+@pytest.mark.parametrize(
+    ("entry", "error"),
+    [
+        ({"provider": "openai", "litellm_model": "gpt-4o-mini"}, "may only go to a self-hosted endpoint"),
+        ({"provider": "openai_compatible", "litellm_model": "openai/x"}, "may only go to a self-hosted endpoint"),
+        ({"provider": "azure", "litellm_model": "azure/x", "self_hosted": True}, "is a hosted service"),
+        ({"provider": "openai_compatible", "litellm_model": "openai/x", "self_hosted": True}, None),
+        ({"provider": "vllm", "litellm_model": "hosted_vllm/x"}, None),
+        ({"provider": "ollama", "litellm_model": "ollama/x"}, None),
+    ],
+)
+def test_restricted_clearance_needs_a_self_hosted_endpoint(tmp_path: Path, entry: dict, error: str | None):
+    """Restricted data only on endpoints the company runs: a hosted provider cannot be cleared for it, nor
+    declared self-hosted; an openai_compatible endpoint must be declared so."""
+    model = {
+        **entry,
+        "context_window": 4096,
+        "clearance": "restricted",
+        "input_usd_per_mtok": 1,
+        "output_usd_per_mtok": 2,
+    }
+    p = write_policy(tmp_path / "p.yaml", **{"models/private": model})
+    if error is None:
+        assert load_policy(p).models["private"].is_self_hosted
+        return
+    with pytest.raises(ConfigError) as ei:
+        load_policy(p)
+    msg = _one_line(ei.value)
+    assert error in msg and "models.private" in msg and "fix:" in msg
+
+
 def test_duplicate_yaml_key(tmp_path: Path):
     p = tmp_path / "dup.yaml"
     p.write_text("version: 1\nversion: 1\n")
