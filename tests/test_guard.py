@@ -50,6 +50,8 @@ POSITIVE = [
     ("接続元IPは10.0.0.15でした", "IP_ADDRESS", "10.0.0.15"),
     ("IBAN DE89 3704 0044 0532 0130 00 please", "IBAN", "DE89 3704 0044 0532 0130 00"),
     ("pay to GB82WEST12345698765432.", "IBAN", "GB82WEST12345698765432"),
+    ("振込先IBANはDE89370400440532013000です", "IBAN", "DE89370400440532013000"),
+    ("口座：ＧＢ８２ＷＥＳＴ１２３４５６９８７６５４３２へ送金", "IBAN", "ＧＢ８２ＷＥＳＴ１２３４５６９８７６５４３２"),
     ("SSN 123-45-6789 on the form", "US_SSN", "123-45-6789"),
     # secrets
     ("key sk-proj-abcdefghijklmnopqrstuvwxyz123456 leaked", "API_KEY", "sk-proj-abcdefghijklmnopqrstuvwxyz123456"),
@@ -62,6 +64,13 @@ POSITIVE = [
         "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY",
     ),
     ("APIキーはsk-abcdefghijklmnopqrstuvwx1234です", "API_KEY", "sk-abcdefghijklmnopqrstuvwx1234"),
+    ("アクセスキーAKIAIOSFODNN7EXAMPLEを設定", "API_KEY", "AKIAIOSFODNN7EXAMPLE"),
+    ("鍵：ＡＫＩＡＩＯＳＦＯＤＮＮ７ＥＸＡＭＰＬＥ", "API_KEY", "ＡＫＩＡＩＯＳＦＯＤＮＮ７ＥＸＡＭＰＬＥ"),
+    (
+        "秘密鍵です：-----BEGIN OPENSSH PRIVATE KEY-----\nb3BlbnNzaA\n-----END OPENSSH PRIVATE KEY-----以上",
+        "PRIVATE_KEY",
+        "-----BEGIN OPENSSH PRIVATE KEY-----\nb3BlbnNzaA\n-----END OPENSSH PRIVATE KEY-----",
+    ),
     (
         "x -----BEGIN RSA PRIVATE KEY-----\nMIIEow\n-----END RSA PRIVATE KEY----- y",
         "PRIVATE_KEY",

@@ -47,3 +47,21 @@ def test_router_hard_constraints(router_env):
     )
     d = _route(router_env, user="hana.sato@example.com", department="support", pinned="sim-large")
     assert d.model is None and d.denied
+
+
+@pytest.mark.parametrize("priority", ["cost", "quality", "speed", "balanced"])
+def test_fallbacks_are_checked_against_the_roles_too(router_env, priority):
+    """A fallback is a model the request may be sent to: the person's roles must allow it like the primary.
+    hana.sato (analyst) may use sim-small and sim-medium; ken.tanaka (lawyer) every sim-* model."""
+    router, lib = router_env
+    d = _route(
+        router_env,
+        meta=lib.meta("support_ticket_classify"),
+        user="hana.sato@example.com",
+        department="support",
+        priority=priority,
+    )
+    assert d.model and {d.model, *d.fallbacks} <= {"sim-small", "sim-medium"} and "sim-large" not in d.fallbacks
+    assert len(d.fallbacks) == 1  # the only other allowed model
+    d = _route(router_env, priority=priority)  # ken.tanaka: the third model is allowed, so it is a fallback
+    assert {d.model, *d.fallbacks} == {"sim-small", "sim-medium", "sim-large"}
