@@ -51,7 +51,7 @@ POSITIVE = [
     ("IBAN DE89 3704 0044 0532 0130 00 please", "IBAN", "DE89 3704 0044 0532 0130 00"),
     ("pay to GB82WEST12345698765432.", "IBAN", "GB82WEST12345698765432"),
     ("振込先IBANはDE89370400440532013000です", "IBAN", "DE89370400440532013000"),
-    ("口座：ＧＢ８２ＷＥＳＴ１２３４５６９８７６５４３２へ送金", "IBAN", "ＧＢ８２ＷＥＳＴ１２３４５６９８７６５４３２"),
+    ("口座：ＧＢ８２ＷＥＳＴ１２３４５６９８７６５４３２へ", "IBAN", "ＧＢ８２ＷＥＳＴ１２３４５６９８７６５４３２"),
     ("SSN 123-45-6789 on the form", "US_SSN", "123-45-6789"),
     # secrets
     ("key sk-proj-abcdefghijklmnopqrstuvwxyz123456 leaked", "API_KEY", "sk-proj-abcdefghijklmnopqrstuvwxyz123456"),

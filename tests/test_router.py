@@ -53,7 +53,7 @@ def test_router_hard_constraints(router_env):
 def test_fallbacks_are_checked_against_the_roles_too(router_env, priority):
     """A fallback is a model the request may be sent to: the person's roles must allow it like the primary.
     hana.sato (analyst) may use sim-small and sim-medium; ken.tanaka (lawyer) every sim-* model."""
-    router, lib = router_env
+    _router, lib = router_env
     d = _route(
         router_env,
         meta=lib.meta("support_ticket_classify"),

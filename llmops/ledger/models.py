@@ -208,3 +208,30 @@ class AlertState(Base):
     fire_count: Mapped[int] = mapped_column(Integer, default=1)
 
     __table_args__ = (UniqueConstraint("rule", "alert_key", name="uq_alert_state_rule_key"),)
+
+
+class BudgetTotal(Base):
+    """A budget's month usage as of its last fold (migration 0007): add its :class:`BudgetDelta` rows."""
+
+    __tablename__ = "budget_totals"
+
+    scope: Mapped[str] = mapped_column(String(16), primary_key=True)  # department | person | prompt
+    budget_key: Mapped[str] = mapped_column(String(250), primary_key=True)
+    month: Mapped[str] = mapped_column(String(7), primary_key=True)
+    spent_nanousd: Mapped[int] = mapped_column(BigInteger)
+    reserved_nanousd: Mapped[int] = mapped_column(BigInteger)
+
+
+class BudgetDelta(Base):
+    """A change of one ledger row's cost or reservation, for one budget; appended by triggers on llm_calls
+    (never by the application), folded into :class:`BudgetTotal` by the reservation that reads the budget."""
+
+    __tablename__ = "budget_deltas"
+    __table_args__ = (Index("ix_budget_deltas_budget", "scope", "budget_key", "month"),)
+
+    id: Mapped[int] = mapped_column(_BigId, primary_key=True, autoincrement=True)
+    scope: Mapped[str] = mapped_column(String(16))
+    budget_key: Mapped[str] = mapped_column(String(250))
+    month: Mapped[str] = mapped_column(String(7))
+    d_spent: Mapped[int] = mapped_column(BigInteger)
+    d_reserved: Mapped[int] = mapped_column(BigInteger)
