@@ -17,7 +17,6 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -104,11 +103,7 @@ class Budget:
         return out
 
     def _lock(self, session: Session, scopes: list[BudgetScope], month: str) -> None:
-        # SQLite: the transaction is already BEGIN IMMEDIATE (one writer). Postgres: serialise per budget,
-        # always in the same order so two requests never deadlock.
-        if session.get_bind().dialect.name == "postgresql":
-            for key in sorted(f"{s.scope}:{s.key}:{month}" for s in scopes):
-                session.execute(text("SELECT pg_advisory_xact_lock(hashtext(:k))"), {"k": key})
+        self.ledger.lock_budgets(session, [(s.scope, s.key, month) for s in scopes])
 
     def reserve(
         self,

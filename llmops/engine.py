@@ -130,6 +130,7 @@ class Engine:
         burst_s: float = 1.0,
         max_rate_limit_retries: int = 50,
         alert_interval_s: float = 1.0,
+        fold_interval_s: float = 30.0,
         profile: bool = False,
     ) -> None:
         self.gw = gateway
@@ -142,9 +143,13 @@ class Engine:
         self.headroom = headroom
         self.burst_s = burst_s
         self.max_rate_limit_retries = max_rate_limit_retries
-        # budget alert thresholds are checked (a SUM over the month's ledger rows per budget) at most this
-        # often per budget during a run, and once more for every budget the run touched when it ends
+        # budget alert thresholds are checked (a read of the budget's month usage) at most this often per
+        # budget during a run, and once more for every budget the run touched when it ends
         self.alert_interval_s = alert_interval_s
+        # the budget deltas no reservation folds (budgets that are not checked) are folded this often and
+        # when the run ends (Ledger.fold_all), so they never pile up
+        self.fold_interval_s = fold_interval_s
+        self._folded_at = time.monotonic()
         self.limiters: dict[str, EndpointLimiter] = {}
         self.stats = EngineStats()
         self.profile = profile
@@ -709,9 +714,12 @@ class Engine:
                         else:
                             self.stats.failed += 1
                         self._emit(s.item.index, r)
+                    if time.monotonic() - self._folded_at >= self.fold_interval_s:
+                        await self._fold()
                 elif self._writer_done:
                     return
         finally:
+            await self._fold()
             # budgets whose check was put off: their spending is committed, so check them even when a
             # write failed or the run was cancelled (an alert missed now would wait for the next settle)
             if self._alerts_due:
@@ -719,6 +727,14 @@ class Engine:
                     await self._in_db(self._check_alerts, set(), True)
                 except Exception:
                     log.exception("budget alerts could not be checked at the end of the run")
+
+    async def _fold(self) -> None:
+        """Fold the pending budget deltas (housekeeping: a failure is logged, the run goes on)."""
+        self._folded_at = time.monotonic()
+        try:
+            await self._in_db(self.gw.ledger.fold_all)
+        except Exception:
+            log.exception("budget totals could not be folded (they stay exact; the next fold catches up)")
 
     def _write(self, batch: list[_Settle]) -> int:
         """DB thread: check the batch's answers, settle the batch in one transaction, then alerts and logs.
@@ -773,8 +789,8 @@ class Engine:
 
     def _check_alerts(self, scopes: set[tuple[str, str, str, str]], final: bool = False) -> None:
         """DB thread: fire the budget alerts of the budgets a settle touched (department, person and prompt
-        of one month, checked together) — each at most every ``alert_interval_s`` while the run goes on (the
-        check sums the month's ledger rows), every one due when it ends (``final``)."""
+        of one month, checked together) — each at most every ``alert_interval_s`` while the run goes on,
+        every one due when it ends (``final``)."""
         self._alerts_due |= scopes
         now = time.monotonic()
         for scope in sorted(self._alerts_due):

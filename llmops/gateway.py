@@ -567,6 +567,11 @@ class Gateway:
             row.released_by = row.released_at = row.release_note = None
 
     def close(self) -> None:
+        """Fold the budget deltas this gateway's calls left (see ``Ledger.fold_all``), then let the ledger go."""
+        try:
+            self.ledger.fold_all()
+        except Exception:  # housekeeping: the totals stay exact unfolded, the next fold catches up
+            log.exception("budget totals could not be folded")
         self.ledger.dispose()
 
 

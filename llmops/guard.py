@@ -128,7 +128,14 @@ def _guard(variables: Mapping[str, Any], policy: GuardPolicy, data_class: str, r
             return text  # nothing of a blocked record is sent: no need to redact it
         return anonymize(text, to_replace, lambda f: by_value[(f.pii_type, text[f.start : f.end])])
 
-    cleaned = _map_strings(variables, redact)
+    injection_rule = block_rule
+    try:
+        cleaned = _map_strings(variables, redact)
+    except Exception:
+        if injection_rule is None:
+            raise  # fail closed: guard_error
+        # already blocked: a fault while counting its PII must not turn the verdict into a guard error
+        return GuardVerdict("block", {}, findings=findings, rule=injection_rule, spans=spans)
     if block_rule:
         return GuardVerdict("block", {}, findings=findings, rule=block_rule, spans=spans)
     action = "redact" if placeholders else "allow"

@@ -193,3 +193,49 @@ def test_budget_benchmark_runs_and_checks_totals():
     )
     assert r.returncode == 0, r.stdout + r.stderr
     assert "| 3,000 |" in r.stdout and "MISMATCH" not in r.stdout
+
+
+def test_fold_all_empties_the_deltas_and_keeps_the_numbers(tmp_path: Path):
+    led = Ledger(f"sqlite:///{tmp_path / 'l.db'}")
+    _random_writes(led, 21, steps=120, check=False)
+    rng = random.Random(22)
+    before = {
+        (scope, key, month): _summed(led, scope, key, month)
+        for scope in KEYS
+        for key in KEYS[scope]
+        for month in MONTHS
+    }
+    assert led.fold_all() > 0
+    with led.transaction() as s:
+        assert s.scalar(select(func.count()).select_from(BudgetDelta)) == 0
+    for (scope, key, month), expected in before.items():
+        assert led.month_usage(key, month, scope=scope) == expected
+    assert led.fold_all() == 0
+    _check_all(led, rng)
+
+
+def test_a_batch_run_leaves_no_pending_deltas(gateway, sim):
+    """The engine folds every budget's deltas when a run ends — the person and prompt budgets that no
+    reservation checked (the shipped policy has none) included — and the totals equal the sums."""
+    from llmops.batch import BatchSpec, run_batch
+
+    run_batch(
+        gateway,
+        BatchSpec(
+            prompt="support_ticket_classify",
+            input="sample:support_tickets.csv",
+            department="support",
+            user="hana.sato@example.com",
+            run_id="fold1",
+        ),
+    )
+    led = gateway.ledger
+    with led.transaction() as s:
+        assert s.scalar(select(func.count()).select_from(BudgetDelta)) == 0
+    month = gateway.budget.month()
+    spent = led.month_usage("support", month)
+    assert spent[0] > 0 and spent == _summed(led, "department", "support", month)
+    assert led.month_usage("hana.sato@example.com", month, scope="person") == _summed(
+        led, "person", "hana.sato@example.com", month
+    )
+    assert led.month_usage("support_ticket_classify", month, scope="prompt") == spent

@@ -8,7 +8,7 @@ the reservation it guards are one serialised step; Postgres locks the department
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
@@ -144,20 +144,44 @@ class Ledger:
             raise ValueError(f"unknown budget scope {scope!r}")
         if session is not None:
             return self._fold(session, scope, department, month)
+        # one statement, so one snapshot: on PostgreSQL two statements could miss a fold committed between
+        # them (its deltas gone from the one, not yet in the other)
+        total = (BudgetTotal.scope == scope, BudgetTotal.budget_key == department, BudgetTotal.month == month)
+        pending = (BudgetDelta.scope == scope, BudgetDelta.budget_key == department, BudgetDelta.month == month)
+
+        def part(total_col: Any, delta_col: Any) -> Any:
+            folded = select(total_col).where(*total).scalar_subquery()
+            unfolded = select(func.sum(delta_col)).where(*pending).scalar_subquery()
+            return func.coalesce(folded, 0) + func.coalesce(unfolded, 0)
+
+        stmt = select(
+            part(BudgetTotal.spent_nanousd, BudgetDelta.d_spent),
+            part(BudgetTotal.reserved_nanousd, BudgetDelta.d_reserved),
+        )
         with self._sessions() as s:
-            total = s.execute(
-                select(BudgetTotal.spent_nanousd, BudgetTotal.reserved_nanousd).where(
-                    BudgetTotal.scope == scope, BudgetTotal.budget_key == department, BudgetTotal.month == month
-                )
-            ).one_or_none()
-            sums = (func.coalesce(func.sum(BudgetDelta.d_spent), 0), func.coalesce(func.sum(BudgetDelta.d_reserved), 0))
-            pending = s.execute(
-                select(*sums).where(
-                    BudgetDelta.scope == scope, BudgetDelta.budget_key == department, BudgetDelta.month == month
-                )
-            ).one()
-        spent, reserved = (int(total[0]), int(total[1])) if total is not None else (0, 0)
-        return spent + int(pending[0]), reserved + int(pending[1])
+            spent, reserved = s.execute(stmt).one()
+        return int(spent), int(reserved)
+
+    def lock_budgets(self, session: Session, budgets: Iterable[tuple[str, str, str]]) -> None:
+        """Serialise on budgets ``(scope, key, month)`` for the rest of the transaction. SQLite: every
+        transaction is already BEGIN IMMEDIATE (one writer). PostgreSQL: advisory locks, always taken in the
+        same order so two transactions never deadlock."""
+        if session.get_bind().dialect.name == "postgresql":
+            for key in sorted({f"{scope}:{key}:{month}" for scope, key, month in budgets}):
+                session.execute(text("SELECT pg_advisory_xact_lock(hashtext(:k))"), {"k": key})
+
+    def fold_all(self) -> int:
+        """Fold every budget's pending deltas into its totals, one short transaction per budget (under its
+        lock, as a reservation would). Reservations fold only the budgets they check; the deltas of the others
+        — a person or prompt without a budget of its own, a month that has ended — are folded here (the
+        batch engine calls this every ``fold_interval_s`` and when a run ends). Returns the budgets folded."""
+        with self._sessions() as s:
+            budgets = s.execute(select(BudgetDelta.scope, BudgetDelta.budget_key, BudgetDelta.month).distinct()).all()
+        for scope, key, month in sorted(budgets):
+            with self.transaction() as s:
+                self.lock_budgets(s, [(scope, key, month)])
+                self._fold(s, scope, key, month)
+        return len(budgets)
 
     def _fold(self, s: Session, scope: str, key: str, month: str) -> tuple[int, int]:
         budget = (BudgetDelta.scope == scope, BudgetDelta.budget_key == key, BudgetDelta.month == month)

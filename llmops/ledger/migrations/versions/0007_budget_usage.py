@@ -79,7 +79,8 @@ _POSTGRES = [
         IF OLD.cost_nanousd <> NEW.cost_nanousd OR OLD.reserved_nanousd <> NEW.reserved_nanousd THEN
           {_INSERT}{_rows("NEW", "", *_CHANGE)};
         END IF;
-      ELSE
+      ELSIF OLD.cost_nanousd <> 0 OR OLD.reserved_nanousd <> 0
+            OR NEW.cost_nanousd <> 0 OR NEW.reserved_nanousd <> 0 THEN
         {_INSERT}{_rows("OLD", "-", "OLD.cost_nanousd", "OLD.reserved_nanousd")},
                  {_rows("NEW", "", "NEW.cost_nanousd", "NEW.reserved_nanousd")};
       END IF;
@@ -109,7 +110,11 @@ def upgrade() -> None:
         sa.Column("d_reserved", sa.BigInteger, nullable=False),
     )
     op.create_index("ix_budget_deltas_budget", "budget_deltas", ["scope", "budget_key", "month"])
-    # the totals of the rows already in the ledger, then the triggers (same transaction: nothing in between)
+    # the totals of the rows already in the ledger, then the triggers, with no ledger write in between: SQLite
+    # holds the write lock for the whole migration; PostgreSQL is told to (its READ COMMITTED would let a
+    # write commit after the backfill's snapshot and before the triggers exist: counted in neither)
+    if op.get_bind().dialect.name == "postgresql":
+        op.execute("LOCK TABLE llm_calls IN SHARE ROW EXCLUSIVE MODE")
     for scope, column in SCOPES:
         op.execute(
             "INSERT INTO budget_totals (scope, budget_key, month, spent_nanousd, reserved_nanousd) "
