@@ -130,7 +130,7 @@ class Engine:
         burst_s: float = 1.0,
         max_rate_limit_retries: int = 50,
         alert_interval_s: float = 1.0,
-        fold_interval_s: float = 30.0,
+        fold_interval_s: float = 5.0,
         profile: bool = False,
     ) -> None:
         self.gw = gateway
