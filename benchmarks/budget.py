@@ -4,8 +4,8 @@ Every reservation group reads each applicable budget (department, and person/pro
 fills a SQLite ledger with N rows of one department's month and times, in the same process and on the same
 file:
 
-* **read**: one budget read inside a reservation transaction — ``Ledger.month_usage`` (fold the pending
-  deltas, read the totals row) against the SUM over the month's rows that it replaced (the baseline);
+* **read**: one budget read inside a reservation transaction — ``Ledger.month_usage`` (the totals row plus
+  the changes not folded yet) against the SUM over the month's rows that it replaced (the baseline);
 * **write**: the price the triggers add — a settle transaction of 16 rows (reservation → cost), with the
   triggers against the same transaction with them dropped (a copy of the file).
 
@@ -110,8 +110,7 @@ def main() -> int:
             with led.transaction() as s:
                 s.execute(insert(LlmCall), rows(have, n - have))
             have = n
-            with led.transaction() as s:
-                led.month_usage(DEPT, MONTH, s)  # fold the inserts' deltas (a reservation would)
+            led.fold_all()  # the inserts' deltas into the totals (the engine's housekeeping would)
 
             def read_totals() -> tuple[int, int]:
                 with led.transaction() as s:
