@@ -722,8 +722,8 @@ def main() -> None:
         sys.exit(exc.exit_code)
     except Exception as exc:
         # A bug, not bad input. Its message may quote a record (PII, secrets): only its type and where it
-        # was raised are printed, unless LLMOPS_DEBUG=1 asks for the full traceback.
-        if os.environ.get("LLMOPS_DEBUG") == "1":
+        # was raised are printed, unless DEBUG_LLMOPS=1 asks for the full traceback.
+        if os.environ.get("DEBUG_LLMOPS") == "1":
             raise
         where = exc.__traceback__
         while where is not None and where.tb_next is not None:
@@ -731,7 +731,7 @@ def main() -> None:
         origin = f"{where.tb_frame.f_code.co_filename}:{where.tb_lineno}" if where is not None else "?"
         typer.echo(
             f"error: unexpected {type(exc).__name__} raised at {origin} (the message is withheld: it may quote "
-            "a record) — fix: rerun with LLMOPS_DEBUG=1 for the traceback and report it",
+            "a record) — fix: rerun with DEBUG_LLMOPS=1 for the traceback and report it",
             err=True,
         )
         sys.exit(70)

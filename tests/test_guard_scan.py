@@ -237,11 +237,11 @@ def test_cli_withholds_the_message_of_an_unexpected_error(monkeypatch, capsys):
         raise ValueError("record text: taro@example.com 090-1234-5678")
 
     monkeypatch.setattr(cli, "app", bug)
-    monkeypatch.delenv("LLMOPS_DEBUG", raising=False)
+    monkeypatch.delenv("DEBUG_LLMOPS", raising=False)
     with pytest.raises(SystemExit) as exc:
         cli.main()
     err = capsys.readouterr().err
-    assert exc.value.code == 70 and "unexpected ValueError raised at" in err and "LLMOPS_DEBUG=1" in err
+    assert exc.value.code == 70 and "unexpected ValueError raised at" in err and "DEBUG_LLMOPS=1" in err
     assert "taro@example.com" not in err and "090-1234" not in err
 
 
