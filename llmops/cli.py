@@ -11,7 +11,7 @@ from typing import Annotated, Any
 
 import typer
 
-from llmops.errors import LlmopsError
+from llmops.errors import LlmopsError, raised_at
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
@@ -725,12 +725,8 @@ def main() -> None:
         # was raised are printed, unless DEBUG_LLMOPS=1 asks for the full traceback.
         if os.environ.get("DEBUG_LLMOPS") == "1":
             raise
-        where = exc.__traceback__
-        while where is not None and where.tb_next is not None:
-            where = where.tb_next
-        origin = f"{where.tb_frame.f_code.co_filename}:{where.tb_lineno}" if where is not None else "?"
         typer.echo(
-            f"error: unexpected {type(exc).__name__} raised at {origin} (the message is withheld: it may quote "
+            f"error: unexpected {type(exc).__name__} raised at {raised_at(exc)} (the message is withheld: it may quote "
             "a record) — fix: rerun with DEBUG_LLMOPS=1 for the traceback and report it",
             err=True,
         )

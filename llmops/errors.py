@@ -80,3 +80,12 @@ class LedgerError(LlmopsError):
 
 class ReconciliationError(LlmopsError):
     exit_code = 4
+
+
+def raised_at(exc: BaseException) -> str:
+    """``file:line`` where ``exc`` was raised — what may be reported of an exception whose message could
+    quote a record (PII, secrets)."""
+    where = exc.__traceback__
+    while where is not None and where.tb_next is not None:
+        where = where.tb_next
+    return f"{where.tb_frame.f_code.co_filename}:{where.tb_lineno}" if where is not None else "?"

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from llmops import injection
+from llmops.errors import raised_at
 from llmops.pii import Finding, NamePipelineUnavailable, detect
 from llmops.policy import GuardPolicy
 from llmops.types import GUARD_ERROR
@@ -70,11 +71,7 @@ def guard_variables(
         return _guard(variables, policy, data_class, released or "")
     except Exception as exc:
         # Never the exception's message (it may quote the record), except the name pipeline's install hint.
-        where = exc.__traceback__
-        while where is not None and where.tb_next is not None:
-            where = where.tb_next
-        origin = f"{where.tb_frame.f_code.co_filename}:{where.tb_lineno}" if where is not None else "?"
-        detail = str(exc) if isinstance(exc, NamePipelineUnavailable) else f"raised at {origin}"
+        detail = str(exc) if isinstance(exc, NamePipelineUnavailable) else f"raised at {raised_at(exc)}"
         log.error("guard error, record blocked: %s (%s)", type(exc).__name__, detail)
         return GuardVerdict("block", {}, rule=f"{GUARD_ERROR}: {type(exc).__name__}")
 

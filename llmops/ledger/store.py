@@ -160,7 +160,7 @@ class Ledger:
         else:
             spent, reserved, waiting = session.execute(stmt, params).one()
             if waiting >= FOLD_AT:
-                return self._fold(session, scope, department, month)
+                self._fold(session, scope, department, month)  # moves usage between the two: same sum
         return int(spent), int(reserved)
 
     def lock_budgets(self, session: Session, budgets: Iterable[tuple[str, str, str]]) -> None:
@@ -184,22 +184,18 @@ class Ledger:
                 self._fold(s, scope, key, month)
         return len(budgets)
 
-    def _fold(self, s: Session, scope: str, key: str, month: str) -> tuple[int, int]:
+    def _fold(self, s: Session, scope: str, key: str, month: str) -> None:
+        """Move a budget's pending deltas into its totals row: exactly the deltas this DELETE removed are
+        added (one committed meanwhile stays for the next fold); the first fold inserts the row."""
         budget = (BudgetDelta.scope == scope, BudgetDelta.budget_key == key, BudgetDelta.month == month)
         deleted = delete(BudgetDelta).where(*budget).returning(BudgetDelta.d_spent, BudgetDelta.d_reserved)
         folded = s.execute(deleted).all()
         if not folded:
-            total = s.execute(
-                select(BudgetTotal.spent_nanousd, BudgetTotal.reserved_nanousd).where(
-                    BudgetTotal.scope == scope, BudgetTotal.budget_key == key, BudgetTotal.month == month
-                )
-            ).one_or_none()
-            return (int(total[0]), int(total[1])) if total is not None else (0, 0)
+            return
         d_spent, d_reserved = sum(int(r[0]) for r in folded), sum(int(r[1]) for r in folded)
-        # an upsert: the budget's first fold inserts its row (two first folds at once: the second adds to it)
         insert_ = pg_insert if s.get_bind().dialect.name == "postgresql" else sqlite_insert
         values = {"scope": scope, "budget_key": key, "month": month}
-        upsert = (
+        s.execute(
             insert_(BudgetTotal)
             .values(**values, spent_nanousd=d_spent, reserved_nanousd=d_reserved)
             .on_conflict_do_update(
@@ -209,10 +205,7 @@ class Ledger:
                     "reserved_nanousd": BudgetTotal.reserved_nanousd + d_reserved,
                 },
             )
-            .returning(BudgetTotal.spent_nanousd, BudgetTotal.reserved_nanousd)
         )
-        spent, reserved = s.execute(upsert).one()
-        return int(spent), int(reserved)
 
     def p95_latency_ms(self, model: str, since: datetime, min_samples: int = 20) -> float | None:
         """p95 latency of successful calls of a model since ``since`` (None below ``min_samples``)."""
